@@ -93,7 +93,13 @@ class Run(SQLModel, table=True):
 
     run_id: str = Field(primary_key=True, max_length=512)
     status: str = Field(default=RunStatus.monitoring, max_length=16)
-    policy_id: str = Field(foreign_key="policies.id", index=True, max_length=36)
+    policy_id: str | None = Field(
+        default=None,
+        foreign_key="policies.id",
+        ondelete="SET NULL",
+        index=True,
+        max_length=36,
+    )
     metadata_: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONType, nullable=False)
     )
@@ -159,6 +165,7 @@ class Attempt(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=64)
     model_seq_id: int | None = None
     request_id: str | None = Field(default=None, max_length=256)
+    fallbacks_left: int | None = None
     new_run_id: str | None = Field(default=None, max_length=512)
     error: dict[str, Any] | None = _json()
     deadline: datetime | None = _time()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 16:34:07.011705
+Create Date: 2026-12-03
 """
 
 from collections.abc import Sequence
@@ -89,7 +89,7 @@ def upgrade() -> None:
     op.create_table('runs',
     sa.Column('run_id', sa.String(length=512), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('policy_id', sa.String(length=36), nullable=False),
+    sa.Column('policy_id', sa.String(length=36), nullable=True),
     sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('last_polled_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_poll_at', sa.DateTime(timezone=True), nullable=True),
@@ -102,7 +102,7 @@ def upgrade() -> None:
     sa.Column('predecessor_run_id', sa.String(length=512), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['policy_id'], ['policies.id'], ),
+    sa.ForeignKeyConstraint(['policy_id'], ['policies.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('run_id')
     )
     with op.batch_alter_table('runs', schema=None) as batch_op:
@@ -144,6 +144,7 @@ def upgrade() -> None:
     sa.Column('idempotency_key', sa.String(length=64), nullable=True),
     sa.Column('model_seq_id', sa.Integer(), nullable=True),
     sa.Column('request_id', sa.String(length=256), nullable=True),
+    sa.Column('fallbacks_left', sa.Integer(), nullable=True),
     sa.Column('new_run_id', sa.String(length=512), nullable=True),
     sa.Column('error', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('deadline', sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,124 @@
+"""Policies: how the runs that use them are recovered."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Response, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.api.deps import SessionDep, require_token
+from app.api.responses import errors
+from app.engine.commands import new_id, runs_using
+from app.errors import PolicyExists, PolicyInUse, PolicyNotFound, ValidationFailed
+from app.schemas import PolicyIn, PolicyList, PolicyOut
+from app.storage.models import Policy
+from app.storage.types import utcnow
+
+router = APIRouter(
+    prefix="/policies",
+    tags=["policies"],
+    dependencies=[Depends(require_token)],
+    responses=errors(ValidationFailed),
+)
+
+PolicyId = Annotated[str, Path(max_length=36)]
+
+
+async def find_policy(session: AsyncSession, policy_id: str) -> Policy:
+    """The policy with this id, or `policy_not_found`."""
+    policy = await session.get(Policy, policy_id)
+    if policy is None:
+        raise PolicyNotFound(f"policy {policy_id!r} does not exist")
+    return policy
+
+
+async def ensure_name_free(
+    session: AsyncSession, name: str, keep: str | None = None
+) -> None:
+    """Refuse a name that another policy already has."""
+    found = await session.execute(
+        select(Policy.id).where(Policy.name == name)  # type: ignore[arg-type]
+    )
+    owner = found.scalar_one_or_none()
+    if owner is not None and owner != keep:
+        raise PolicyExists(f"a policy named {name!r} already exists")
+
+
+async def create_policy(
+    session: AsyncSession, body: PolicyIn, owner_run_id: str | None = None
+) -> Policy:
+    """Store a new policy with a unique name."""
+    await ensure_name_free(session, body.name)
+    now = utcnow()
+    policy = Policy(
+        id=new_id(),
+        owner_run_id=owner_run_id,
+        created_at=now,
+        updated_at=now,
+        **body.model_dump(),
+    )
+    session.add(policy)
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        # Two requests raced for the same name; the database kept one.
+        raise PolicyExists(f"a policy named {body.name!r} already exists") from error
+    return policy
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(PolicyExists, ValidationFailed),
+)
+async def post_policy(body: PolicyIn, session: SessionDep) -> PolicyOut:
+    """Create a policy."""
+    return PolicyOut.model_validate(await create_policy(session, body))
+
+
+@router.get("")
+async def list_policies(session: SessionDep) -> PolicyList:
+    """List the policies, oldest first."""
+    rows = await session.execute(select(Policy).order_by(Policy.created_at))  # type: ignore[arg-type]
+    return PolicyList(items=[PolicyOut.model_validate(p) for p in rows.scalars()])
+
+
+@router.get("/{policy_id}", responses=errors(PolicyNotFound))
+async def get_policy(policy_id: PolicyId, session: SessionDep) -> PolicyOut:
+    """Read one policy."""
+    return PolicyOut.model_validate(await find_policy(session, policy_id))
+
+
+@router.put(
+    "/{policy_id}",
+    responses=errors(PolicyNotFound, PolicyExists, ValidationFailed),
+)
+async def put_policy(
+    policy_id: PolicyId, body: PolicyIn, session: SessionDep
+) -> PolicyOut:
+    """Replace a policy; runs that use it follow from their next poll or attempt."""
+    policy = await find_policy(session, policy_id)
+    await ensure_name_free(session, body.name, keep=policy.id)
+    for field, value in body.model_dump().items():
+        setattr(policy, field, value)
+    policy.updated_at = utcnow()
+    await session.flush()
+    return PolicyOut.model_validate(policy)
+
+
+@router.delete(
+    "/{policy_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(PolicyNotFound, PolicyInUse),
+)
+async def delete_policy(policy_id: PolicyId, session: SessionDep) -> Response:
+    """Delete a policy that no watched run uses."""
+    policy = await find_policy(session, policy_id)
+    in_use = await runs_using(session, policy.id)
+    if in_use:
+        raise PolicyInUse(f"policy {policy_id!r} is used by {in_use} watched run(s)")
+    await session.delete(policy)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,42 @@
+"""Rows turned into response bodies, and the error responses routes declare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.errors import ServiceError
+from app.schemas import AttemptOut, ErrorBody, RecoveryOut, RunOut
+from app.storage.models import Attempt, Recovery, Run
+
+
+def errors(*kinds: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting the errors a route can answer with."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for kind in kinds:
+        entry = documented.setdefault(
+            kind.status_code, {"model": ErrorBody, "description": ""}
+        )
+        codes = [c for c in entry["description"].split(", ") if c]
+        entry["description"] = ", ".join([*codes, kind.code])
+    return documented
+
+
+def run_out(run: Run) -> RunOut:
+    return RunOut.model_validate(
+        {**run.model_dump(exclude={"metadata_"}), "metadata": run.metadata_}
+    )
+
+
+async def recovery_out(session: AsyncSession, recovery: Recovery) -> RecoveryOut:
+    rows = await session.execute(
+        select(Attempt)
+        .where(Attempt.recovery_id == recovery.id)  # type: ignore[arg-type]
+        .order_by(Attempt.attempt)  # type: ignore[arg-type]
+    )
+    attempts = [AttemptOut.model_validate(row) for row in rows.scalars()]
+    return RecoveryOut.model_validate(
+        {**recovery.model_dump(), "attempts": attempts}
+    )
