@@ -1,0 +1,1 @@
+"""Talking to Tinker: its client, types, paths and errors, and a fake of it."""
