@@ -75,8 +75,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_open_public_address(self) -> Self:
-        if not self.api_tokens and not self.allow_insecure and not is_loopback(
-            self.host
+        if (
+            not self.api_tokens
+            and not self.allow_insecure
+            and not is_loopback(self.host)
         ):
             raise InsecureSettingsError(
                 f"refusing to serve on {self.host} without authentication: set "

@@ -13,6 +13,7 @@ from app.api import events, handlers, health, policies, runs
 from app.api.deps import require_token
 from app.api.responses import errors
 from app.config import Settings
+from app.engine.assembly import start_background
 from app.errors import Unauthorized
 from app.runtime import Runtime
 from app.storage.db import create_engine, session_factory
@@ -51,9 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(policies.router, **guarded)
     app.include_router(runs.router, **guarded)
-    app.include_router(
-        events.router, dependencies=[Depends(require_token)], **guarded
-    )
+    app.include_router(events.router, dependencies=[Depends(require_token)], **guarded)
     return app
 
 
@@ -66,8 +65,6 @@ async def start_runtime(settings: Settings, stack: AsyncExitStack) -> Runtime:
     runtime = Runtime(
         settings=settings, engine=engine, sessions=session_factory(engine)
     )
-    from app.engine.assembly import start_background
-
     await start_background(runtime, stack)
     return runtime
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.storage.db import SessionFactory
+
+if TYPE_CHECKING:
+    from app.events.broker import EventBroker
 
 
 @dataclass
@@ -21,3 +25,4 @@ class Runtime:
     wake_workers: Callable[[], None] = field(default=lambda: None)
     wake_monitor: Callable[[], None] = field(default=lambda: None)
     workers_running: Callable[[], bool] = field(default=lambda: False)
+    broker: EventBroker | None = None

@@ -67,9 +67,9 @@ class PolicyFields(StrictBody):
     enabled: bool = False
     checkpoint_strategy: Literal["latest", "specific", "best"] = "latest"
     checkpoint_path: TrainingPath | None = None
-    best_metric: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = (
-        None
-    )
+    best_metric: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200)] | None
+    ) = None
     best_mode: Literal["min", "max"] = "min"
     fallback_to_previous: bool = True
     restore_optimizer: bool = True
@@ -162,7 +162,9 @@ class ReportIn(StrictBody):
     """A trainer's report on the restart it was asked to do."""
 
     new_run_id: RunId | None = None
-    error: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
+    error: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = (
+        None
+    )
 
     @model_validator(mode="after")
     def _one_outcome(self) -> Self:
@@ -228,7 +230,9 @@ class RecoveryOut(BaseModel):
 
     id: str
     run_id: str
-    status: Literal["queued", "running", "backoff", "succeeded", "exhausted", "cancelled"]
+    status: Literal[
+        "queued", "running", "backoff", "succeeded", "exhausted", "cancelled"
+    ]
     trigger: Literal["detected", "manual"]
     checkpoint_path: str | None
     restore_optimizer: bool | None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -33,7 +32,7 @@ async def healthz() -> Health:
     "/readyz",
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
-async def readyz(runtime: RuntimeDep) -> Readiness | JSONResponse:
+async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
     """Answer 200 when the database is reachable and the workers run."""
     try:
         async with runtime.engine.connect() as connection:
@@ -47,9 +46,9 @@ async def readyz(runtime: RuntimeDep) -> Readiness | JSONResponse:
         database=database,
         workers=workers,
     )
-    if body.status == "ready":
-        return body
-    return JSONResponse(body.model_dump(), status_code=503)
+    if body.status != "ready":
+        response.status_code = 503
+    return body
 
 
 @router.get(

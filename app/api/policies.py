@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from sqlalchemy import select
+from sqlmodel import col, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -39,10 +39,8 @@ async def ensure_name_free(
     session: AsyncSession, name: str, keep: str | None = None
 ) -> None:
     """Refuse a name that another policy already has."""
-    found = await session.execute(
-        select(Policy.id).where(Policy.name == name)  # type: ignore[arg-type]
-    )
-    owner = found.scalar_one_or_none()
+    found = await session.exec(select(Policy.id).where(Policy.name == name))
+    owner = found.one_or_none()
     if owner is not None and owner != keep:
         raise PolicyExists(f"a policy named {name!r} already exists")
 
@@ -82,8 +80,8 @@ async def post_policy(body: PolicyIn, session: SessionDep) -> PolicyOut:
 @router.get("")
 async def list_policies(session: SessionDep) -> PolicyList:
     """List the policies, oldest first."""
-    rows = await session.execute(select(Policy).order_by(Policy.created_at))  # type: ignore[arg-type]
-    return PolicyList(items=[PolicyOut.model_validate(p) for p in rows.scalars()])
+    rows = await session.exec(select(Policy).order_by(col(Policy.created_at)))
+    return PolicyList(items=[PolicyOut.model_validate(p) for p in rows])
 
 
 @router.get("/{policy_id}", responses=errors(PolicyNotFound))

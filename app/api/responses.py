@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.errors import ServiceError
@@ -31,12 +31,10 @@ def run_out(run: Run) -> RunOut:
 
 
 async def recovery_out(session: AsyncSession, recovery: Recovery) -> RecoveryOut:
-    rows = await session.execute(
+    rows = await session.exec(
         select(Attempt)
-        .where(Attempt.recovery_id == recovery.id)  # type: ignore[arg-type]
-        .order_by(Attempt.attempt)  # type: ignore[arg-type]
+        .where(Attempt.recovery_id == recovery.id)
+        .order_by(col(Attempt.attempt))
     )
-    attempts = [AttemptOut.model_validate(row) for row in rows.scalars()]
-    return RecoveryOut.model_validate(
-        {**recovery.model_dump(), "attempts": attempts}
-    )
+    attempts = [AttemptOut.model_validate(row) for row in rows]
+    return RecoveryOut.model_validate({**recovery.model_dump(), "attempts": attempts})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
-from sqlalchemy import func, select
+from sqlalchemy import func
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api.deps import RunDep, RunIdPath, RuntimeDep, SessionDep, require_token
@@ -21,7 +22,6 @@ from app.errors import (
     RunNotFound,
     ValidationFailed,
 )
-from app.storage.db import on_commit
 from app.schemas import (
     MonitorIn,
     PolicyIn,
@@ -31,6 +31,7 @@ from app.schemas import (
     RunOut,
     RunPage,
 )
+from app.storage.db import on_commit
 from app.storage.models import Policy, Recovery, Run
 
 router = APIRouter(
@@ -106,16 +107,14 @@ async def list_runs(
     """List watched runs, oldest registration first."""
     query = select(Run)
     if status_ is not None:
-        query = query.where(Run.status == status_)  # type: ignore[arg-type]
-    total = await session.execute(
-        select(func.count()).select_from(query.subquery())
-    )
-    rows = await session.execute(
-        query.order_by(Run.created_at, Run.run_id).limit(limit).offset(offset)  # type: ignore[arg-type]
+        query = query.where(Run.status == status_)
+    total = await session.exec(select(func.count()).select_from(query.subquery()))
+    rows = await session.exec(
+        query.order_by(col(Run.created_at), col(Run.run_id)).limit(limit).offset(offset)
     )
     return RunPage(
-        items=[run_out(run) for run in rows.scalars()],
-        total=int(total.scalar_one()),
+        items=[run_out(run) for run in rows],
+        total=int(total.one()),
         limit=limit,
         offset=offset,
     )
@@ -156,14 +155,12 @@ async def recover_run(
 @router.get("/runs/{run_id}/recoveries", responses=errors(RunNotFound))
 async def list_recoveries(run: RunDep, session: SessionDep) -> RecoveryList:
     """List a run's recoveries, newest first."""
-    rows = await session.execute(
+    rows = await session.exec(
         select(Recovery)
-        .where(Recovery.run_id == run.run_id)  # type: ignore[arg-type]
-        .order_by(Recovery.created_at.desc())  # type: ignore[attr-defined]
+        .where(Recovery.run_id == run.run_id)
+        .order_by(col(Recovery.created_at).desc())
     )
-    return RecoveryList(
-        items=[await recovery_out(session, r) for r in rows.scalars()]
-    )
+    return RecoveryList(items=[await recovery_out(session, r) for r in rows])
 
 
 @router.get("/recoveries/{recovery_id}", responses=errors(RecoveryNotFound))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime

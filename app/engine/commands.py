@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.errors import AlreadyPending, RecoveryDisabled
@@ -35,9 +36,10 @@ async def register_run(
     metadata: dict[str, Any],
     *,
     predecessor_run_id: str | None = None,
+    require_enabled: bool = True,
 ) -> tuple[Run, bool]:
     """Start or resume watching `run_id`; True when the run is new."""
-    if not policy.enabled:
+    if require_enabled and not policy.enabled:
         raise RecoveryDisabled(f"policy {policy.id} is disabled")
     now = utcnow()
     run = await session.get(Run, run_id, with_for_update=True)
@@ -106,13 +108,13 @@ async def cancel_recovery(
 
 async def active_recovery(session: AsyncSession, run_id: str) -> Recovery | None:
     """The run's queued, running or waiting recovery, if there is one."""
-    result = await session.execute(
+    result = await session.exec(
         select(Recovery).where(
-            Recovery.run_id == run_id,  # type: ignore[arg-type]
-            Recovery.status.in_(ACTIVE_RECOVERY_STATUSES),  # type: ignore[attr-defined]
+            Recovery.run_id == run_id,
+            col(Recovery.status).in_(ACTIVE_RECOVERY_STATUSES),
         )
     )
-    return result.scalars().first()
+    return result.first()
 
 
 async def queue_recovery(
@@ -161,15 +163,12 @@ async def queue_recovery(
 
 async def runs_using(session: AsyncSession, policy_id: str) -> int:
     """How many watched runs depend on the policy."""
-    result = await session.execute(
+    result = await session.exec(
         select(func.count())
         .select_from(Run)
         .where(
-            Run.policy_id == policy_id,  # type: ignore[arg-type]
-            Run.status.in_(  # type: ignore[attr-defined]
-                (RunStatus.monitoring, RunStatus.recovering)
-            ),
+            Run.policy_id == policy_id,
+            col(Run.status).in_((RunStatus.monitoring, RunStatus.recovering)),
         )
     )
-    return int(result.scalar_one())
-
+    return int(result.one())

@@ -6,9 +6,8 @@ from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.storage.models import Event
 from app.storage.types import utcnow
@@ -45,12 +44,13 @@ async def append_event(
     data: dict[str, Any] | None = None,
 ) -> Event:
     """Add an event to the caller's transaction; it is announced once committed."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         # Ids come from a sequence when rows are inserted, but become visible
         # when transactions commit. Holding this lock until commit makes the
         # two orders agree, so a reader that has seen id N never later finds a
         # smaller id appear: resuming "after N" cannot skip an event.
-        await session.execute(
+        connection = await session.connection()
+        await connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK}
         )
     row = Event(

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, update
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.storage.models import Policy, Recovery, RecoveryStatus, Run, RunStatus
@@ -46,7 +47,7 @@ async def claim_due_polls(
     )
     if session.bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Run)  # type: ignore[arg-type]
-    rows = (await session.execute(query)).all()
+    rows = (await session.exec(query)).all()
     if not rows:
         return []
     schedule = []
@@ -55,7 +56,7 @@ async def claim_due_polls(
         if following <= now:
             following = now + timedelta(milliseconds=interval_ms)
         schedule.append({"run_id": run_id, "next_poll_at": following})
-    await session.execute(update(Run), schedule)
+    await session.exec(update(Run), params=schedule)
     return [DuePoll(run_id, due_at) for run_id, due_at, _ in rows]
 
 
@@ -83,9 +84,9 @@ async def claim_due_recoveries(
     )
     if session.bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    ids = list((await session.execute(query)).scalars())
+    ids = list(await session.exec(query))
     if ids:
-        await session.execute(
+        await session.exec(
             update(Recovery)
             .where(Recovery.id.in_(ids))  # type: ignore[attr-defined]
             .values(
@@ -102,7 +103,7 @@ async def renew_lease(
     session: AsyncSession, recovery_id: str, token: str, until: datetime
 ) -> bool:
     """Extend a claim; False when the claim was lost to another worker."""
-    result = await session.execute(
+    result = await session.exec(
         update(Recovery)
         .where(Recovery.id == recovery_id, Recovery.claim_token == token)  # type: ignore[arg-type]
         .values(lease_until=until)
@@ -112,7 +113,7 @@ async def renew_lease(
 
 async def release_claim(session: AsyncSession, recovery_id: str, token: str) -> None:
     """Hand a claim back so that another worker may take it at once."""
-    await session.execute(
+    await session.exec(
         update(Recovery)
         .where(Recovery.id == recovery_id, Recovery.claim_token == token)  # type: ignore[arg-type]
         .values(claim_token=None, lease_until=None)

@@ -1,0 +1,269 @@
+"""The monitor: polls due runs on Tinker and writes what it saw in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.engine.commands import queue_recovery
+from app.engine.context import EngineContext
+from app.errors import AlreadyPending
+from app.events.store import append_event
+from app.metrics import POLL_BATCH, POLL_LATENESS, POLLS
+from app.storage.claims import DuePoll, claim_due_polls
+from app.storage.db import on_commit, transaction
+from app.storage.models import Policy, Run, RunStatus
+from app.storage.types import utcnow
+from app.tinker.errors import TinkerError
+from app.tinker.types import TrainingRun
+
+logger = logging.getLogger(__name__)
+
+FLUSH_AFTER_S = 0.02
+FLUSH_AT = 500
+
+runs_table = Run.__table__  # type: ignore[attr-defined]
+# One statement for every poll result of a batch, sent as an executemany.
+RECORD_POLL = (
+    runs_table.update()
+    .where(
+        runs_table.c.run_id == bindparam("b_run_id"),
+        runs_table.c.status == RunStatus.monitoring.value,
+    )
+    .values(
+        last_polled_at=bindparam("b_at"),
+        updated_at=bindparam("b_at"),
+        last_checkpoint=bindparam("b_checkpoint"),
+        last_error=bindparam("b_error"),
+    )
+)
+
+
+@dataclass(slots=True)
+class PollResult:
+    """What one poll saw: the run, or the error that kept it from seeing."""
+
+    run_id: str
+    at: datetime
+    run: TrainingRun | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def corrupted(self) -> bool:
+        return self.run is not None and self.run.corrupted
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        if self.run is None or self.run.last_checkpoint is None:
+            return None
+        return self.run.last_checkpoint.model_dump(mode="json")
+
+
+class Monitor:
+    """Claims due runs, polls them concurrently, and records the results."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+        settings = ctx.settings
+        self.batch_size = settings.poll_batch_size
+        self.idle_s = settings.monitor_idle_ms / 1000
+        self.limit = asyncio.Semaphore(settings.poll_concurrency)
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.results: list[PollResult] = []
+        self.stopping = asyncio.Event()
+        self.woken = asyncio.Event()
+        self.results_ready = asyncio.Event()
+        self.urgent = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """Look for due runs now: one was just registered."""
+        self.woken.set()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.tasks) and not any(task.done() for task in self.tasks)
+
+    async def start(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self.run(), name="monitor"),
+            asyncio.create_task(self.write_results(), name="monitor-writer"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, let polls in flight end, and write their results."""
+        self.stopping.set()
+        self.woken.set()
+        await self.tasks[0]
+        if self.inflight:
+            await asyncio.wait(self.inflight, timeout=5)
+        for task in self.inflight:
+            task.cancel()
+        self.results_ready.set()
+        await self.tasks[1]
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            free = self.batch_size - len(self.inflight)
+            claimed: list[DuePoll] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(free)
+                except Exception:
+                    logger.exception("monitor.claim_failed")
+            if claimed and len(claimed) == free:
+                await self.wait(self.idle_s)
+            elif not claimed:
+                await self.wait(await self.next_due_in(free))
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.woken.wait()
+        self.woken.clear()
+
+    async def next_due_in(self, free: int) -> float:
+        if free <= 0:
+            return self.idle_s
+        try:
+            async with self.ctx.sessions() as session:
+                when = await session.scalar(
+                    select(func.min(Run.next_poll_at)).where(
+                        Run.status == RunStatus.monitoring  # type: ignore[arg-type]
+                    )
+                )
+        except Exception:
+            logger.exception("monitor.next_due_failed")
+            return self.idle_s
+        if when is None:
+            return self.idle_s
+        return min(self.idle_s, max((when - utcnow()).total_seconds(), 0.0))
+
+    async def claim(self, limit: int) -> list[DuePoll]:
+        async with transaction(self.ctx.sessions) as session:
+            claimed = await claim_due_polls(session, utcnow(), limit)
+        for due in claimed:
+            task = asyncio.create_task(self.poll(due))
+            self.inflight.add(task)
+            task.add_done_callback(self.poll_done)
+        return claimed
+
+    def poll_done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        # Claim again once half of a batch has finished, not after every poll.
+        if len(self.inflight) <= self.batch_size // 2:
+            self.woken.set()
+
+    async def poll(self, due: DuePoll) -> None:
+        """Read one run on Tinker; never raises."""
+        async with self.limit:
+            started = utcnow()
+            POLL_LATENESS.observe(max((started - due.due_at).total_seconds(), 0.0))
+            result = PollResult(due.run_id, started)
+            try:
+                result.run = await self.ctx.tinker.get_training_run(due.run_id)
+            except TinkerError as error:
+                result.error = error.to_dict()
+            except Exception as error:
+                logger.exception("monitor.poll_crashed", extra={"run_id": due.run_id})
+                result.error = {
+                    "code": "poll_failed",
+                    "message": type(error).__name__,
+                    "retryable": True,
+                }
+        self.results.append(result)
+        self.results_ready.set()
+        if result.corrupted:
+            self.urgent.set()
+
+    async def write_results(self) -> None:
+        """Write poll results in batches: one transaction for many polls."""
+        while not (self.stopping.is_set() and not self.inflight and not self.results):
+            await self.results_ready.wait()
+            if not self.urgent.is_set() and len(self.results) < FLUSH_AT:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_AFTER_S):
+                        await self.urgent.wait()
+            self.results_ready.clear()
+            self.urgent.clear()
+            batch, self.results = self.results, []
+            if batch:
+                await self.record(batch)
+
+    async def record(self, batch: list[PollResult]) -> None:
+        try:
+            async with transaction(self.ctx.sessions) as session:
+                await record_polls(session, batch)
+                if any(result.corrupted for result in batch):
+                    on_commit(session, self.ctx.wake_workers)
+        except Exception:
+            # The runs are polled again at their next interval.
+            logger.exception("monitor.record_failed", extra={"polls": len(batch)})
+            return
+        POLL_BATCH.observe(len(batch))
+        for result in batch:
+            outcome = "error" if result.error else "ok"
+            POLLS.labels("corrupted" if result.corrupted else outcome).inc()
+
+
+async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
+    """Store a batch of poll results; corrupted runs get a queued recovery."""
+    params = [
+        {
+            "b_run_id": result.run_id,
+            "b_at": result.at,
+            "b_checkpoint": result.checkpoint(),
+            "b_error": result.error,
+        }
+        for result in batch
+        if not result.corrupted
+    ]
+    if params:
+        await session.exec(RECORD_POLL, params=params)
+    for result in batch:
+        if result.error is not None:
+            await append_event(
+                session, "poll_error", result.run_id, data={"error": result.error}
+            )
+            logger.warning(
+                "monitor.poll_failed",
+                extra={"run_id": result.run_id, "code": result.error["code"]},
+            )
+        elif result.corrupted:
+            await detect(session, result)
+
+
+async def detect(session: AsyncSession, result: PollResult) -> None:
+    """Queue a recovery of a corrupted run, with its `detected` event."""
+    run = await session.get(Run, result.run_id, with_for_update=True)
+    if run is None or run.status != RunStatus.monitoring:
+        return
+    run.last_polled_at = result.at
+    run.last_checkpoint = result.checkpoint()
+    policy = await session.get(Policy, run.policy_id) if run.policy_id else None
+    if policy is None or not policy.enabled:
+        run.last_error = {
+            "code": "recovery_disabled",
+            "message": "the run is corrupted but its policy is disabled",
+            "retryable": False,
+        }
+        return
+    run.last_error = None
+    try:
+        async with session.begin_nested():
+            await queue_recovery(
+                session, run, "detected", detected_checkpoint=run.last_checkpoint
+            )
+    except (IntegrityError, AlreadyPending):
+        # Another replica queued one first; the database keeps only one.
+        await session.refresh(run)
+        return
+    logger.info("monitor.corruption_detected", extra={"run_id": run.run_id})
