@@ -57,9 +57,8 @@ def migrate(args: argparse.Namespace) -> None:
         downgrade(settings.database_url, args.revision or "base")
     else:
         upgrade(settings.database_url, args.revision or "head")
-    print(
-        f"database at revision {args.revision or ('base' if args.downgrade else 'head')}"
-    )
+    target = args.revision or ("base" if args.downgrade else "head")
+    print(f"database at revision {target}")
 
 
 def openapi(args: argparse.Namespace) -> None:

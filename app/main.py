@@ -48,11 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     handlers.install(app)
-    guarded = {"responses": errors(Unauthorized)}
+    unauthorized = errors(Unauthorized)
     app.include_router(health.router)
-    app.include_router(policies.router, **guarded)
-    app.include_router(runs.router, **guarded)
-    app.include_router(events.router, dependencies=[Depends(require_token)], **guarded)
+    app.include_router(policies.router, responses=unauthorized)
+    app.include_router(runs.router, responses=unauthorized)
+    app.include_router(
+        events.router, dependencies=[Depends(require_token)], responses=unauthorized
+    )
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +29,7 @@ HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+    status: int, code: str, detail: Any, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": code, "detail": jsonable_encoder(detail)}
     return JSONResponse(body, status_code=status, headers=headers)

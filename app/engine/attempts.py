@@ -190,7 +190,7 @@ class RecoveryDriver:
 
     async def begin_attempt(self, snap: Snapshot) -> bool:
         """Open attempt n + 1, or cancel when the run is no longer watched."""
-        recovery, policy = snap.recovery, snap.policy
+        policy = snap.policy
         async with self.write() as (session, recovery):
             if policy is None or (
                 snap.run.status == RunStatus.stopped and recovery.trigger == "detected"

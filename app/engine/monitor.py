@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -19,7 +18,7 @@ from app.engine.context import EngineContext
 from app.errors import AlreadyPending
 from app.events.store import append_event
 from app.metrics import POLL_BATCH, POLL_LATENESS, POLLS
-from app.storage.claims import DuePoll, claim_due_polls
+from app.storage.claims import DuePoll, claim_due_polls, next_poll_due
 from app.storage.db import on_commit, transaction
 from app.storage.models import Policy, Run, RunStatus
 from app.storage.types import utcnow
@@ -124,9 +123,9 @@ class Monitor:
             elif not claimed:
                 await self.wait(await self.next_due_in(free))
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await self.woken.wait()
         self.woken.clear()
 
@@ -135,11 +134,7 @@ class Monitor:
             return self.idle_s
         try:
             async with self.ctx.sessions() as session:
-                when = await session.scalar(
-                    select(func.min(Run.next_poll_at)).where(
-                        Run.status == RunStatus.monitoring  # type: ignore[arg-type]
-                    )
-                )
+                when = await next_poll_due(session)
         except Exception:
             logger.exception("monitor.next_due_failed")
             return self.idle_s

@@ -8,13 +8,15 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import func, select
-
 from app.engine.attempts import ClaimLost, RecoveryDriver
 from app.engine.context import EngineContext
-from app.storage.claims import claim_due_recoveries, release_claim, renew_lease
+from app.storage.claims import (
+    claim_due_recoveries,
+    next_recovery_due,
+    release_claim,
+    renew_lease,
+)
 from app.storage.db import transaction
-from app.storage.models import Recovery, RecoveryStatus
 from app.storage.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -86,13 +88,7 @@ class WorkerPool:
     async def next_due_in(self) -> float | None:
         try:
             async with self.ctx.sessions() as session:
-                when = await session.scalar(
-                    select(func.min(Recovery.next_attempt_at)).where(
-                        Recovery.status.in_(  # type: ignore[attr-defined]
-                            (RecoveryStatus.queued, RecoveryStatus.backoff)
-                        )
-                    )
-                )
+                when = await next_recovery_due(session)
         except Exception:
             logger.exception("workers.next_due_failed")
             return None

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
-from sqlmodel import select
+from sqlalchemy import and_, func, or_, update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.storage.models import Policy, Recovery, RecoveryStatus, Run, RunStatus
@@ -26,6 +26,11 @@ class DuePoll:
     due_at: datetime
 
 
+def is_postgres(session: AsyncSession) -> bool:
+    """Whether the session talks to Postgres."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 async def claim_due_polls(
     session: AsyncSession, now: datetime, limit: int
 ) -> list[DuePoll]:
@@ -36,28 +41,27 @@ async def claim_due_polls(
     missed poll, not a stuck run.
     """
     query = (
-        select(Run.run_id, Run.next_poll_at, Policy.poll_interval_ms)
-        .join(Policy, Policy.id == Run.policy_id)  # type: ignore[arg-type]
-        .where(
-            Run.status == RunStatus.monitoring,  # type: ignore[arg-type]
-            Run.next_poll_at <= now,  # type: ignore[arg-type,operator]
-        )
-        .order_by(Run.next_poll_at)  # type: ignore[arg-type]
+        select(Run.run_id, col(Run.next_poll_at), Policy.poll_interval_ms)
+        .join(Policy, col(Policy.id) == col(Run.policy_id))
+        .where(Run.status == RunStatus.monitoring, col(Run.next_poll_at) <= now)
+        .order_by(col(Run.next_poll_at))
         .limit(limit)
     )
-    if session.bind.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Run)  # type: ignore[arg-type]
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True, of=Run)
     rows = (await session.exec(query)).all()
-    if not rows:
-        return []
+    claimed: list[DuePoll] = []
     schedule = []
     for run_id, due_at, interval_ms in rows:
+        assert due_at is not None
         following = due_at + timedelta(milliseconds=interval_ms)
         if following <= now:
             following = now + timedelta(milliseconds=interval_ms)
         schedule.append({"run_id": run_id, "next_poll_at": following})
-    await session.exec(update(Run), params=schedule)
-    return [DuePoll(run_id, due_at) for run_id, due_at, _ in rows]
+        claimed.append(DuePoll(run_id, due_at))
+    if schedule:
+        await session.exec(update(Run), params=schedule)
+    return claimed
 
 
 async def claim_due_recoveries(
@@ -69,26 +73,26 @@ async def claim_due_recoveries(
 ) -> list[str]:
     """Claim up to `limit` recoveries that are due or whose lease lapsed."""
     waiting = and_(
-        Recovery.status.in_((RecoveryStatus.queued, RecoveryStatus.backoff)),  # type: ignore[attr-defined]
-        Recovery.next_attempt_at <= now,  # type: ignore[operator]
+        col(Recovery.status).in_((RecoveryStatus.queued, RecoveryStatus.backoff)),
+        col(Recovery.next_attempt_at) <= now,
     )
     orphaned = and_(
-        Recovery.status == RecoveryStatus.running,  # type: ignore[arg-type]
-        or_(Recovery.lease_until.is_(None), Recovery.lease_until < now),  # type: ignore[union-attr,operator]
+        col(Recovery.status) == RecoveryStatus.running,
+        or_(col(Recovery.lease_until).is_(None), col(Recovery.lease_until) < now),
     )
     query = (
         select(Recovery.id)
         .where(or_(waiting, orphaned))
-        .order_by(Recovery.next_attempt_at)  # type: ignore[arg-type]
+        .order_by(col(Recovery.next_attempt_at))
         .limit(limit)
     )
-    if session.bind.dialect.name == "postgresql":
+    if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
     ids = list(await session.exec(query))
     if ids:
         await session.exec(
             update(Recovery)
-            .where(Recovery.id.in_(ids))  # type: ignore[attr-defined]
+            .where(col(Recovery.id).in_(ids))
             .values(
                 status=RecoveryStatus.running,
                 claim_token=token,
@@ -105,16 +109,32 @@ async def renew_lease(
     """Extend a claim; False when the claim was lost to another worker."""
     result = await session.exec(
         update(Recovery)
-        .where(Recovery.id == recovery_id, Recovery.claim_token == token)  # type: ignore[arg-type]
+        .where(col(Recovery.id) == recovery_id, col(Recovery.claim_token) == token)
         .values(lease_until=until)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 async def release_claim(session: AsyncSession, recovery_id: str, token: str) -> None:
     """Hand a claim back so that another worker may take it at once."""
     await session.exec(
         update(Recovery)
-        .where(Recovery.id == recovery_id, Recovery.claim_token == token)  # type: ignore[arg-type]
+        .where(col(Recovery.id) == recovery_id, col(Recovery.claim_token) == token)
         .values(claim_token=None, lease_until=None)
     )
+
+
+async def next_poll_due(session: AsyncSession) -> datetime | None:
+    """When the earliest watched run is due for a poll."""
+    query = select(func.min(col(Run.next_poll_at))).where(
+        Run.status == RunStatus.monitoring
+    )
+    return (await session.exec(query)).one()
+
+
+async def next_recovery_due(session: AsyncSession) -> datetime | None:
+    """When the earliest queued or waiting recovery is due for an attempt."""
+    query = select(func.min(col(Recovery.next_attempt_at))).where(
+        col(Recovery.status).in_((RecoveryStatus.queued, RecoveryStatus.backoff))
+    )
+    return (await session.exec(query)).one()
