@@ -8,6 +8,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.api.deps import RuntimeDep, require_token
+from app.api.responses import errors
+from app.errors import Unauthorized
 
 router = APIRouter(tags=["operations"])
 
@@ -55,7 +57,10 @@ async def readyz(runtime: RuntimeDep, response: Response) -> Readiness:
     "/metrics",
     dependencies=[Depends(require_token)],
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"},
+        **errors(Unauthorized),
+    },
 )
 async def metrics() -> Response:
     """Prometheus metrics in the text format."""

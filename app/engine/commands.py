@@ -124,7 +124,7 @@ async def queue_recovery(
     *,
     checkpoint_path: str | None = None,
     restore_optimizer: bool | None = None,
-    detected_checkpoint: dict[str, Any] | None = None,
+    detected_checkpoint: str | None = None,
 ) -> Recovery:
     """Queue a recovery of `run` and write the event that announces it."""
     if await active_recovery(session, run.run_id) is not None:

@@ -65,6 +65,11 @@ class PollResult:
             return None
         return self.run.last_checkpoint.model_dump(mode="json")
 
+    def checkpoint_path(self) -> str | None:
+        if self.run is None or self.run.last_checkpoint is None:
+            return None
+        return self.run.last_checkpoint.tinker_path
+
 
 class Monitor:
     """Claims due runs, polls them concurrently, and records the results."""
@@ -255,7 +260,7 @@ async def detect(session: AsyncSession, result: PollResult) -> None:
     try:
         async with session.begin_nested():
             await queue_recovery(
-                session, run, "detected", detected_checkpoint=run.last_checkpoint
+                session, run, "detected", detected_checkpoint=result.checkpoint_path()
             )
     except (IntegrityError, AlreadyPending):
         # Another replica queued one first; the database keeps only one.
