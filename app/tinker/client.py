@@ -169,8 +169,7 @@ class TinkerClient:
         optimizer: bool,
         idempotency_key: str | None = None,
     ) -> str:
-        """Start a new training run in the session from checkpoint `path`;
-        return the request id of the future that reports the load."""
+        """Start a new run from checkpoint `path`; return the load's future id."""
         body = {
             "session_id": session_id,
             "model_seq_id": model_seq_id,

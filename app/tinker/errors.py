@@ -131,8 +131,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 
 def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """Read the server's wait hint: `retry-after-ms`, or `retry-after` in
-    seconds or as an HTTP date."""
+    """Read the server's wait hint in seconds (retry-after-ms, or retry-after)."""
     millis = _as_float(headers.get("retry-after-ms"))
     if millis is not None:
         return max(millis / 1000, 0.0)

@@ -90,7 +90,7 @@ def run_fake_tinker(
 ) -> None:
     """Serve a fake Tinker until interrupted (`tinker-recovery fake-tinker`)."""
     app = create_fake_tinker_app(api_key)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 def _world(request: Request) -> FakeTinker:
@@ -113,16 +113,22 @@ IdempotencyKey = Annotated[str | None, Header(alias="X-Idempotency-Key")]
 
 
 class CreateSessionBody(BaseModel):
+    """What create_session reads."""
+
     tags: list[str] = []
     user_metadata: dict[str, Any] | None = None
     sdk_version: str | None = None
 
 
 class SessionBody(BaseModel):
+    """A request about one session."""
+
     session_id: str
 
 
 class LoadWeightsBody(BaseModel):
+    """What load_weights reads; legacy model_id addressing is not offered."""
+
     session_id: str | None = None
     model_seq_id: int | None = Field(default=None, ge=0)
     path: str
@@ -131,16 +137,22 @@ class LoadWeightsBody(BaseModel):
 
 
 class RetrieveFutureBody(BaseModel):
+    """A poll of one future."""
+
     request_id: str
     allow_metadata_only: bool = False
 
 
 class ModelBody(BaseModel):
+    """A request about one model (training run)."""
+
     model_config = ConfigDict(protected_namespaces=())
     model_id: str
 
 
 class TinkerPathBody(BaseModel):
+    """A request about one checkpoint."""
+
     tinker_path: str
 
 
@@ -286,6 +298,8 @@ control_router = APIRouter()
 
 
 class ExpireBody(BaseModel):
+    """When a checkpoint is to expire."""
+
     tinker_path: str
     expires_at: datetime | None = None
 

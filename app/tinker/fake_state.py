@@ -1,5 +1,5 @@
 """The in-memory world behind the fake Tinker server: runs, checkpoints,
-sessions and futures, with the rules the real service applies to them.
+sessions and futures, with the rules Tinker applies to them.
 
 Everything here runs on the server's one event loop and never awaits in the
 middle of a change, so no lock is needed.
@@ -12,16 +12,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.tinker.fake_faults import FakeCall, FaultSpec
 from app.tinker.paths import SEGMENT_TYPES, TinkerPath, parse_tinker_path
-from app.tinker.types import Checkpoint, TrainingRun
+from app.tinker.types import Checkpoint, CheckpointType, TrainingRun
 
-CheckpointKind = Literal["training", "sampler", "external"]
 _SEGMENT_OF_KIND = {kind: segment for segment, kind in SEGMENT_TYPES.items()}
 
 
@@ -39,7 +38,7 @@ class SeedCheckpoint(BaseModel):
     """A checkpoint to put on a run."""
 
     name: str = Field(min_length=1, pattern=r"^[^/\s]+$")
-    kind: CheckpointKind = "training"
+    kind: CheckpointType = "training"
     time: datetime | None = None
     user_metadata: dict[str, str] | None = None
     expires_at: datetime | None = None
@@ -110,7 +109,7 @@ class FakeRun:
             optimizer_restored=self.optimizer_restored,
         )
 
-    def _newest(self, kind: CheckpointKind) -> Checkpoint | None:
+    def _newest(self, kind: CheckpointType) -> Checkpoint | None:
         of_kind = [c for c in self.checkpoints.values() if c.checkpoint_type == kind]
         return max(of_kind, key=lambda c: c.time, default=None)
 
@@ -347,9 +346,10 @@ class FakeTinker:
 
     # Idempotency
 
-    def replay(self, endpoint: str, key: str | None, request: Any) -> Any | None:
-        """The answer already given to this key, if any; 409 if the key was
-        used for a different request."""
+    def replay(
+        self, endpoint: str, key: str | None, request: Any
+    ) -> dict[str, Any] | None:
+        """The answer given before to this key, if any (409 for another request)."""
         if key is None or (endpoint, key) not in self.replies:
             return None
         fingerprint, answer = self.replies[(endpoint, key)]
