@@ -119,6 +119,7 @@ def test_a_rate_limit_carries_the_servers_hint() -> None:
         ({"retry-after": "Tue, 04 Mar 2025 12:00:10 GMT"}, 10.0),
         ({"retry-after": "Tue, 04 Mar 2025 11:59:00 GMT"}, 0.0),
         ({"retry-after": "whenever"}, None),
+        ({"retry-after-ms": "nan", "retry-after": "inf"}, None),
         ({}, None),
     ],
 )
