@@ -1,0 +1,1 @@
+"""Webhooks: a stored outbox, signed bodies, delivery with retries."""
