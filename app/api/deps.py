@@ -37,7 +37,9 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Function scope: the transaction commits before the response is sent, so a
+# client never reads an answer about a write that is not visible yet.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 bearer = HTTPBearer(auto_error=False, description="One of RECOVERY_API_TOKENS")
 
