@@ -56,6 +56,11 @@ async def on_validation_error(_request: Request, error: Exception) -> JSONRespon
 
 async def on_http_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
+    if error.status_code == 400:
+        # A body the framework could not even parse (not JSON, not UTF-8) is
+        # bad input like any other, and answered the same way.
+        invalid = [{"loc": ["body"], "msg": str(error.detail), "type": "body_invalid"}]
+        return error_response(422, "validation_error", invalid)
     code = HTTP_CODES.get(error.status_code, "http_error")
     return error_response(error.status_code, code, error.detail, error.headers)
 

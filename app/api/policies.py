@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from sqlmodel import col, select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.api.deps import SessionDep, require_token
+from app.api.deps import SessionDep, SettingsDep, require_token
 from app.api.responses import errors
+from app.config import Settings
 from app.engine.commands import new_id, runs_using
 from app.errors import PolicyExists, PolicyInUse, PolicyNotFound, ValidationFailed
-from app.schemas import PolicyIn, PolicyList, PolicyOut
+from app.schemas import PolicyFields, PolicyIn, PolicyList, PolicyOut
 from app.storage.models import Policy
 from app.storage.types import utcnow
+from app.webhooks.targets import check_url_literal
 
 router = APIRouter(
     prefix="/policies",
@@ -24,6 +26,7 @@ router = APIRouter(
     responses=errors(ValidationFailed),
 )
 
+WEBHOOK_FIELDS = ("on_recovery_url", "on_failure_url", "on_restart_url")
 PolicyId = Annotated[str, Path(max_length=36)]
 
 
@@ -33,6 +36,18 @@ async def find_policy(session: AsyncSession, policy_id: str) -> Policy:
     if policy is None:
         raise PolicyNotFound(f"policy {policy_id!r} does not exist")
     return policy
+
+
+def check_targets(body: PolicyFields, settings: Settings) -> None:
+    """Refuse webhooks aimed at this machine or a private network, unless allowed."""
+    for field in WEBHOOK_FIELDS:
+        url = getattr(body, field)
+        if url is None:
+            continue
+        try:
+            check_url_literal(url, settings.webhook_allow_private)
+        except ValueError as error:
+            raise ValidationFailed(field, str(error)) from error
 
 
 async def ensure_name_free(
@@ -72,8 +87,11 @@ async def create_policy(
     status_code=status.HTTP_201_CREATED,
     responses=errors(PolicyExists, ValidationFailed),
 )
-async def post_policy(body: PolicyIn, session: SessionDep) -> PolicyOut:
+async def post_policy(
+    body: PolicyIn, session: SessionDep, settings: SettingsDep
+) -> PolicyOut:
     """Create a policy."""
+    check_targets(body, settings)
     return PolicyOut.model_validate(await create_policy(session, body))
 
 
@@ -95,9 +113,10 @@ async def get_policy(policy_id: PolicyId, session: SessionDep) -> PolicyOut:
     responses=errors(PolicyNotFound, PolicyExists, ValidationFailed),
 )
 async def put_policy(
-    policy_id: PolicyId, body: PolicyIn, session: SessionDep
+    policy_id: PolicyId, body: PolicyIn, session: SessionDep, settings: SettingsDep
 ) -> PolicyOut:
     """Replace a policy; runs that use it follow from their next poll or attempt."""
+    check_targets(body, settings)
     policy = await find_policy(session, policy_id)
     await ensure_name_free(session, body.name, keep=policy.id)
     for field, value in body.model_dump().items():

@@ -11,13 +11,21 @@ from app.errors import ServiceError
 from app.schemas import AttemptOut, ErrorBody, RecoveryOut, RunOut
 from app.storage.models import Attempt, Recovery, Run
 
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
 
 def errors(*kinds: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting the errors a route can answer with."""
     documented: dict[int | str, dict[str, Any]] = {}
     for kind in kinds:
         entry = documented.setdefault(
-            kind.status_code, {"model": ErrorBody, "description": ""}
+            kind.status_code,
+            {
+                "model": ErrorBody,
+                "description": "",
+                # Errors are JSON even where the success is another media type.
+                "content": {"application/json": {"schema": ERROR_REF}},
+            },
         )
         codes = [c for c in entry["description"].split(", ") if c]
         entry["description"] = ", ".join([*codes, kind.code])

@@ -10,8 +10,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.api.deps import RunDep, RunIdPath, RuntimeDep, SessionDep, require_token
-from app.api.policies import create_policy, find_policy
+from app.api.policies import check_targets, create_policy, find_policy
 from app.api.responses import errors, recovery_out, run_out
+from app.config import Settings
 from app.engine.commands import queue_recovery, register_run, stop_run
 from app.errors import (
     AlreadyPending,
@@ -43,11 +44,14 @@ router = APIRouter(
 RunStatusName = Literal["monitoring", "recovering", "recovered", "exhausted", "stopped"]
 
 
-async def policy_for(session: AsyncSession, run_id: str, body: MonitorIn) -> Policy:
+async def policy_for(
+    session: AsyncSession, run_id: str, body: MonitorIn, settings: Settings
+) -> Policy:
     """The stored policy the body names, or the inline one it carries."""
     if body.policy_id is not None:
         return await find_policy(session, body.policy_id)
     assert body.policy is not None
+    check_targets(body.policy, settings)
     fields = body.policy.model_dump(exclude={"name"})
     name = body.policy.name or f"run:{run_id}"[:100]
     if not fields["enabled"]:
@@ -78,7 +82,7 @@ async def monitor_run(
     response: Response,
 ) -> RunOut:
     """Start watching a Tinker training run under a policy."""
-    policy = await policy_for(session, run_id, body)
+    policy = await policy_for(session, run_id, body, runtime.settings)
     run, created = await register_run(session, run_id, policy, body.metadata)
     if not created:
         response.status_code = status.HTTP_200_OK

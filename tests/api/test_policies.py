@@ -151,3 +151,19 @@ def test_policy_in_use_cannot_be_deleted(api: httpx.Client) -> None:
     assert api.delete("/runs/r1/monitor").status_code == 204
     assert api.delete(f"/policies/{policy['id']}").status_code == 204
     assert api.get("/runs/r1").json()["policy_id"] is None
+
+
+def test_private_webhook_targets_are_refused_unless_allowed(make_service: Any) -> None:
+    server = make_service(webhook_allow_private=False)
+    with httpx.Client(base_url=server.url) as api:
+        for url in ("http://127.0.0.1:9/hook", "http://localhost/x", "http://10.0.0.8/"):
+            refused = api.post("/policies", json={"name": "p", "on_failure_url": url})
+            assert refused.status_code == 422, url
+            assert refused.json()["error"] == "validation_error"
+        inline = {"policy": {"enabled": True, "on_recovery_url": "http://192.168.1.4/"}}
+        assert api.post("/runs/r/monitor", json=inline).status_code == 422
+        assert policy_count(api) == 0
+        public = api.post(
+            "/policies", json={"name": "p", "on_recovery_url": "https://example.com/h"}
+        )
+        assert public.status_code == 201
