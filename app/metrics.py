@@ -20,6 +20,3 @@ POLL_BATCH = Histogram(
 RECOVERIES = Counter(
     "recovery_recoveries_total", "Recoveries that ended, by outcome", ["outcome"]
 )
-ATTEMPTS = Counter(
-    "recovery_attempts_total", "Attempts that ended, by outcome", ["outcome"]
-)

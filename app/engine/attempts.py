@@ -26,6 +26,7 @@ from app.engine.checkpoints import Choice, NoCheckpoint, resumable, select_check
 from app.engine.commands import cancel_recovery, register_run
 from app.engine.context import EngineContext
 from app.events.store import append_event
+from app.metrics import RECOVERIES
 from app.storage.db import on_commit
 from app.storage.models import (
     Attempt,
@@ -449,6 +450,7 @@ class RecoveryDriver:
                     recovery,
                 )
             on_commit(session, self.ctx.wake_monitor)
+        RECOVERIES.labels("succeeded").inc()
         logger.info(
             "recovery.completed", extra={**self.log, "new_run_id": attempt.new_run_id}
         )
@@ -484,6 +486,7 @@ class RecoveryDriver:
             else:
                 await self.exhaust(session, recovery, run, policy, error, now)
                 level = logging.ERROR
+                RECOVERIES.labels("exhausted").inc()
         logger.log(
             level,
             "recovery.attempt_failed",
