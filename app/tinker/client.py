@@ -124,16 +124,13 @@ class TinkerClient:
 
     async def get_training_run(self, run_id: str) -> TrainingRun:
         """Read a training run, corruption flag and last checkpoints included."""
-        endpoint = "get_training_run"
-        response = await self._send("GET", _run_path(run_id), endpoint=endpoint)
-        return self._decode(TrainingRun, response, endpoint)
+        return await self._get(_run_path(run_id), "get_training_run", TrainingRun)
 
     async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
         """List every checkpoint of a run, training and sampler alike."""
-        endpoint = "list_checkpoints"
         path = f"{_run_path(run_id)}/checkpoints"
-        response = await self._send("GET", path, endpoint=endpoint)
-        return self._decode(_CheckpointList, response, endpoint).checkpoints
+        listed = await self._get(path, "list_checkpoints", _CheckpointList)
+        return listed.checkpoints
 
     async def create_session(
         self,
@@ -149,11 +146,10 @@ class TinkerClient:
             "sdk_version": PROTOCOL_VERSION,
             "type": "create_session",
         }
-        endpoint = "create_session"
-        response = await self._send(
-            "POST", "/create_session", endpoint, body, idempotency_key
+        created = await self._post(
+            "create_session", body, _SessionCreated, idempotency_key
         )
-        return self._decode(_SessionCreated, response, endpoint).session_id
+        return created.session_id
 
     async def heartbeat(self, session_id: str) -> None:
         """Keep a session alive; a session that is gone raises `session_gone`."""
@@ -177,30 +173,25 @@ class TinkerClient:
             "optimizer": optimizer,
             "type": "load_weights",
         }
-        endpoint = "load_weights"
-        response = await self._send(
-            "POST", "/load_weights", endpoint, body, idempotency_key
-        )
-        return self._decode(_FutureHandle, response, endpoint).request_id
+        handle = await self._post("load_weights", body, _FutureHandle, idempotency_key)
+        return handle.request_id
 
     async def retrieve_future(self, request_id: str) -> FutureResult:
         """Ask once for the outcome of a future: pending, done, or raise."""
-        endpoint = "retrieve_future"
         # A load's result is tiny, so ask for it whole rather than metadata first.
         body = {"request_id": request_id, "allow_metadata_only": False}
         try:
-            response = await self._send("POST", "/retrieve_future", endpoint, body)
+            answer = await self._post("retrieve_future", body, _FutureAnswer)
         except TinkerError as error:
             if _future_still_running(error):
                 return Pending(queue_state="unknown")
             raise
 
-        answer = self._decode(_FutureAnswer, response, endpoint)
         if answer.type == "try_again":
             return Pending(queue_state=answer.queue_state or "unknown")
         if answer.error is not None:
             failure = FailedFuture(answer.error, answer.category or "unknown")
-            raise self._classify(failure, endpoint)
+            raise self._classify(failure, "retrieve_future")
         return Done(LoadResult(model_id=answer.model_id, path=answer.path))
 
     async def wait_future(
@@ -244,6 +235,22 @@ class TinkerClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    async def _get(self, path: str, endpoint: str, model: type[ModelT]) -> ModelT:
+        response = await self._send("GET", path, endpoint)
+        return self._decode(model, response, endpoint)
+
+    async def _post(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        model: type[ModelT],
+        idempotency_key: str | None = None,
+    ) -> ModelT:
+        # Tinker's POST endpoints are named by their paths.
+        path = f"/{endpoint}"
+        response = await self._send("POST", path, endpoint, body, idempotency_key)
+        return self._decode(model, response, endpoint)
 
     async def _send(
         self,

@@ -37,15 +37,24 @@ async def failure(call: Awaitable[object]) -> TinkerError:
     return caught.value
 
 
-async def restart(
-    tinker: TinkerClient, path: str = STEP_2, *, optimizer: bool = True, seq: int = 0
-) -> tuple[str, LoadResult]:
+async def start_load(
+    tinker: TinkerClient, path: str = STEP_2, *, optimizer: bool = True
+) -> tuple[str, str]:
+    """Open a session and load `path` as its first model: (session, request)."""
     session_id = await tinker.create_session(tags=["test"])
     request_id = await tinker.load_weights(
-        session_id=session_id, model_seq_id=seq, path=path, optimizer=optimizer
+        session_id=session_id, model_seq_id=0, path=path, optimizer=optimizer
     )
+    return session_id, request_id
+
+
+async def restart(
+    tinker: TinkerClient, path: str = STEP_2, *, optimizer: bool = True
+) -> tuple[str, LoadResult]:
+    """Load `path` into a new run and wait for it: (new run id, result)."""
+    session_id, request_id = await start_load(tinker, path, optimizer=optimizer)
     result = await tinker.wait_future(request_id, timeout_s=5, poll_interval_s=0.01)
-    return tinker.new_run_id(session_id, seq, result), result
+    return tinker.new_run_id(session_id, 0, result), result
 
 
 async def test_reads_a_run_its_last_checkpoints_and_its_list(
@@ -171,10 +180,7 @@ async def test_futures_can_take_polls_and_time(
 ) -> None:
     seed(fake)
     fake.set_future_delay(pending_polls=2)
-    session_id = await tinker.create_session(tags=[])
-    request_id = await tinker.load_weights(
-        session_id=session_id, model_seq_id=0, path=STEP_2, optimizer=True
-    )
+    _, request_id = await start_load(tinker)
 
     outcomes = [await tinker.retrieve_future(request_id) for _ in range(4)]
 
@@ -230,11 +236,8 @@ async def test_an_expired_checkpoint_fails_to_load_and_makes_no_run(
 ) -> None:
     seed(fake)
     expired = fake.expire_checkpoint(STEP_2)
-    session_id = await tinker.create_session(tags=[])
 
-    request_id = await tinker.load_weights(
-        session_id=session_id, model_seq_id=0, path=STEP_2, optimizer=True
-    )
+    session_id, request_id = await start_load(tinker)
     error = await failure(tinker.wait_future(request_id, timeout_s=5))
     listed = {c.checkpoint_id: c for c in await tinker.list_checkpoints(RUN)}
 
@@ -444,10 +447,7 @@ async def test_faults_on_retrieve_future(
     fake: FakeTinkerControl, tinker: TinkerClient
 ) -> None:
     seed(fake)
-    session_id = await tinker.create_session(tags=[])
-    request_id = await tinker.load_weights(
-        session_id=session_id, model_seq_id=0, path=STEP_2, optimizer=True
-    )
+    _, request_id = await start_load(tinker)
     fake.inject_fault("retrieve_future", status=408)
     fake.inject_fault("retrieve_future", status=410, count=1)
 
@@ -465,10 +465,7 @@ async def test_wait_future_rides_out_faults(
 ) -> None:
     seed(fake)
     fake.set_future_delay(pending_polls=1)
-    session_id = await tinker.create_session(tags=[])
-    request_id = await tinker.load_weights(
-        session_id=session_id, model_seq_id=0, path=STEP_2, optimizer=True
-    )
+    session_id, request_id = await start_load(tinker)
     fake.inject_fault("retrieve_future", status=503, count=2)
     fake.inject_fault("retrieve_future", drop_connection=True)
     fake.inject_fault("retrieve_future", status=429, headers={"retry-after-ms": "50"})
