@@ -141,10 +141,10 @@ def local_service(
 
 
 class EventFeed:
-    """Events from `GET /events/stream`, read by a thread and handed over in order.
+    """Events from `GET /events/stream`, from the first stored one, in order.
 
-    Reading in a thread lets the caller wait with a deadline: the stream
-    itself only goes quiet between events, it never ends.
+    A thread reads the stream so that the caller can wait with a deadline:
+    the stream only goes quiet between events, it never ends by itself.
     """
 
     def __init__(self, service_url: str, **filters: Any) -> None:
@@ -184,10 +184,12 @@ class EventFeed:
                 for message in source.iter_sse():
                     if message.event and message.data:
                         self._items.put(json.loads(message.data))
+            ended: BaseException = DemoFailed("the service ended the stream")
         except Exception as error:
-            # Closing the feed breaks the read on purpose: not worth a report.
-            if not self._closed.is_set():
-                self._items.put(error)
+            ended = error
+        # Closing the feed breaks the read on purpose: not worth a report.
+        if not self._closed.is_set():
+            self._items.put(ended)
 
 
 def describe(event: dict[str, Any]) -> str:
@@ -229,7 +231,7 @@ def watch(api: httpx.Client, run_id: str, policy_id: str, deadline: float) -> No
         if api.get(f"/runs/{run_id}").json()["last_polled_at"]:
             return
         time.sleep(0.1)
-    raise DemoFailed(f"the service never polled {run_id}")
+    raise DemoFailed(f"the service did not poll {run_id} in time")
 
 
 def recovered_run(api: httpx.Client, run_id: str, new_run_id: str) -> dict[str, Any]:
