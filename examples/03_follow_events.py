@@ -118,9 +118,7 @@ def main() -> int:
     args = options.parse_args()
 
     filters = {"run_id": args.run_id, "type": args.type}
-    follower = Follower(
-        args.url, args.token, {k: v for k, v in filters.items() if v}
-    )
+    follower = Follower(args.url, args.token, {k: v for k, v in filters.items() if v})
     follower.last_id = args.last_event_id
     try:
         follower.follow(args.count)
