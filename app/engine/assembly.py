@@ -9,6 +9,7 @@ from app.engine.heartbeats import Heartbeater
 from app.engine.monitor import Monitor
 from app.engine.workers import WorkerPool
 from app.events.broker import EventBroker
+from app.events.listener import PostgresListener
 from app.events.retention import EventPruner
 from app.events.store import set_notifier
 from app.runtime import Runtime
@@ -38,6 +39,9 @@ async def start_background(runtime: Runtime, stack: AsyncExitStack) -> None:
         buffer_size=settings.sse_buffer_size,
         dialect=runtime.engine.dialect.name,
     )
+    if runtime.engine.dialect.name == "postgresql":
+        # Events committed by other replicas reach this one's subscribers.
+        broker.listen(PostgresListener(settings.database_url))
     set_notifier(runtime.engine, broker)
     stack.callback(set_notifier, runtime.engine, None)
     runtime.broker = broker

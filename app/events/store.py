@@ -14,6 +14,8 @@ from app.storage.types import utcnow
 
 # Any constant works; it only has to be the same for every writer.
 EVENT_ORDER_LOCK = 7_401_117
+# Postgres channel told of every commit that added events, for other replicas.
+EVENTS_CHANNEL = "recovery_events"
 PENDING_KEY = "events_pending"
 
 
@@ -49,9 +51,12 @@ async def append_event(
         # when transactions commit. Holding this lock until commit makes the
         # two orders agree, so a reader that has seen id N never later finds a
         # smaller id appear: resuming "after N" cannot skip an event.
+        # The notification goes out when the transaction commits, and not at
+        # all if it rolls back; Postgres sends one per transaction.
         connection = await session.connection()
         await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK}
+            text("SELECT pg_advisory_xact_lock(:key), pg_notify(:channel, '')"),
+            {"key": EVENT_ORDER_LOCK, "channel": EVENTS_CHANNEL},
         )
     row = Event(
         type=type,
