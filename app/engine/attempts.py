@@ -103,11 +103,12 @@ class RecoveryDriver:
         try:
             if attempt is None or attempt.status == AttemptStatus.failed:
                 return await self.begin_attempt(snap)
-            if attempt.deadline is not None and utcnow() >= attempt.deadline:
+            left = time_left(attempt)
+            if left is not None and left <= 0:
                 raise AttemptFailed(
                     "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
                 )
-            async with self.deadline(attempt):
+            async with self.deadline(left):
                 return await self.advance(snap, attempt)
         except AttemptFailed as failure:
             assert attempt is not None
@@ -131,12 +132,10 @@ class RecoveryDriver:
         return True
 
     @asynccontextmanager
-    async def deadline(self, attempt: Attempt) -> AsyncIterator[None]:
+    async def deadline(self, left: float | None) -> AsyncIterator[None]:
         """Fail the attempt as retryable when it outlives its deadline."""
-        assert attempt.deadline is not None
-        remaining = (attempt.deadline - utcnow()).total_seconds()
         try:
-            async with asyncio.timeout(max(remaining, 0.0)):
+            async with asyncio.timeout(None if left is None else max(left, 0.0)):
                 yield
         except TimeoutError as error:
             raise AttemptFailed(
@@ -371,19 +370,20 @@ class RecoveryDriver:
 
     async def await_trainer(self, attempt: Attempt) -> bool:
         """Move on once the trainer has reported; otherwise wait for it."""
-        if attempt.new_run_id is not None:
-            async with self.write() as (session, _):
-                row = await self.attempt_row(session, attempt.attempt)
+        # Read again under the lock: a report that lands after the snapshot
+        # was taken must not be covered by handing the claim back until the
+        # deadline.
+        async with self.write() as (session, recovery):
+            row = await self.attempt_row(session, attempt.attempt)
+            if row.new_run_id is not None:
                 row.status = AttemptStatus.verifying
-            return True
-        if attempt.error is not None:
-            raise AttemptFailed(
-                "trainer_error", str(attempt.error.get("message")), True
-            )
-        async with self.write() as (_, recovery):
-            recovery.claim_token = None
-            recovery.lease_until = attempt.deadline
-        return False
+                return True
+            if row.error is None:
+                recovery.claim_token = None
+                recovery.lease_until = row.deadline
+                return False
+            message = str(row.error.get("message"))
+        raise AttemptFailed("trainer_error", message, True)
 
     async def verify(self, attempt: Attempt) -> None:
         """Read the new run back; succeed when it answers and is healthy."""
@@ -586,6 +586,18 @@ class RecoveryDriver:
             "checkpoint": row.checkpoint_path,
             "restore_optimizer": row.restore_optimizer,
         }
+
+
+def time_left(attempt: Attempt) -> float | None:
+    """Seconds the attempt may still take; None when its deadline no longer applies.
+
+    A trainer that reported in time has done what the deadline asked of it:
+    reading its new run back is bounded by the Tinker client's own timeout.
+    """
+    reported = attempt.new_run_id is not None or attempt.error is not None
+    if attempt.deadline is None or (reported and attempt.request_id is None):
+        return None
+    return (attempt.deadline - utcnow()).total_seconds()
 
 
 async def current_attempt(session: AsyncSession, recovery: Recovery) -> Attempt | None:
