@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.api import events, handlers, health, policies, runs
+from app.api import events, handlers, health, policies, reports, runs
 from app.api.deps import require_token
 from app.api.responses import errors
 from app.config import Settings
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(policies.router, responses=unauthorized)
     app.include_router(runs.router, responses=unauthorized)
+    app.include_router(reports.router, responses=unauthorized)
     app.include_router(
         events.router, dependencies=[Depends(require_token)], responses=unauthorized
     )
