@@ -74,7 +74,14 @@ async def stop_run(session: AsyncSession, run: Run) -> None:
     """Stop watching a run; a recovery whose attempt has not begun is cancelled."""
     now = utcnow()
     if run.active_recovery_id is not None:
-        recovery = await session.get(Recovery, run.active_recovery_id)
+        # Locked and read afresh: a worker may have claimed it since, and a
+        # recovery that is running must not be overwritten as cancelled.
+        recovery = await session.get(
+            Recovery,
+            run.active_recovery_id,
+            with_for_update=True,
+            populate_existing=True,
+        )
         if recovery is not None and recovery.status in (
             RecoveryStatus.queued,
             RecoveryStatus.backoff,
