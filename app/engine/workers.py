@@ -32,7 +32,6 @@ class WorkerPool:
         self.lease = timedelta(milliseconds=settings.lease_ms)
         self.idle_s = settings.monitor_idle_ms / 1000
         self.grace_s = settings.shutdown_grace_ms / 1000
-        self.token = str(uuid.uuid4())
         self.active: dict[str, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
         self.woken = asyncio.Event()
@@ -98,20 +97,22 @@ class WorkerPool:
         free = self.max_concurrent - len(self.active)
         if free <= 0:
             return 0
+        # A token per claim, not per pool: when this pool takes back a
+        # recovery whose lease lapsed under a driver of its own, the old
+        # driver's writes must fail as those of any other lost claim do.
+        token = str(uuid.uuid4())
         async with transaction(self.ctx.sessions) as session:
-            ids = await claim_due_recoveries(
-                session, utcnow(), free, self.token, self.lease
-            )
+            ids = await claim_due_recoveries(session, utcnow(), free, token, self.lease)
         for recovery_id in ids:
-            task = asyncio.create_task(self.drive(recovery_id))
+            task = asyncio.create_task(self.drive(recovery_id, token))
             self.active[recovery_id] = task
         return len(ids)
 
-    async def drive(self, recovery_id: str) -> None:
+    async def drive(self, recovery_id: str, token: str) -> None:
         """Drive one recovery while a side task keeps its lease alive."""
-        driver = RecoveryDriver(self.ctx, recovery_id, self.token)
+        driver = RecoveryDriver(self.ctx, recovery_id, token)
         work = asyncio.create_task(driver.run(self.stopping))
-        renewer = asyncio.create_task(self.renew(recovery_id, work))
+        renewer = asyncio.create_task(self.renew(recovery_id, token, work))
         release = True
         try:
             await work
@@ -130,18 +131,21 @@ class WorkerPool:
         finally:
             renewer.cancel()
             if release:
-                await asyncio.shield(self.release(recovery_id))
-            self.active.pop(recovery_id, None)
+                await asyncio.shield(self.release(recovery_id, token))
+            if self.active.get(recovery_id) is asyncio.current_task():
+                del self.active[recovery_id]
             self.woken.set()
 
-    async def renew(self, recovery_id: str, work: asyncio.Task[None]) -> None:
+    async def renew(
+        self, recovery_id: str, token: str, work: asyncio.Task[None]
+    ) -> None:
         interval = self.lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
             try:
                 async with transaction(self.ctx.sessions) as session:
                     held = await renew_lease(
-                        session, recovery_id, self.token, utcnow() + self.lease
+                        session, recovery_id, token, utcnow() + self.lease
                     )
             except Exception:
                 logger.exception(
@@ -155,11 +159,11 @@ class WorkerPool:
                 work.cancel()
                 return
 
-    async def release(self, recovery_id: str) -> None:
+    async def release(self, recovery_id: str, token: str) -> None:
         """Hand the claim back, if still ours, so that work moves on at once."""
         try:
             async with transaction(self.ctx.sessions) as session:
-                await release_claim(session, recovery_id, self.token)
+                await release_claim(session, recovery_id, token)
         except Exception:
             logger.exception(
                 "recovery.release_failed", extra={"recovery_id": recovery_id}
