@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app.storage import models  # noqa: F401  (registers the tables)
 from app.storage.db import create_engine
 from sqlmodel import SQLModel
 
+# Any constant works; every process that migrates must use the same one.
+MIGRATION_LOCK = 7_401_118
 config = context.config
 target_metadata = SQLModel.metadata
 
@@ -23,6 +26,12 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas that start together migrate one at a time: the others
+            # wait here, then find the schema current.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+            )
         context.run_migrations()
 
 
