@@ -17,10 +17,11 @@ writers take an advisory lock).
 
 A subscription that reads from an id older than anything kept (retention
 pruned the events in between) first gets a notice of type `events_pruned`,
-which passes every filter. Its id is one less than the oldest kept id, so
-it sorts between what was lost and what follows: a client that resumes from
-it gets the oldest kept events and is not told about the same loss twice.
-No kept event has that id, and since ids only grow, none ever will.
+which passes every filter. Its id is one less than the oldest event it can
+still send, so it sorts between what was lost and what follows: a client
+that resumes from it gets the oldest kept events and is not told about the
+same loss twice. No kept event has that id, and since ids only grow, none
+ever will. Reading after 0 asks for whatever is kept, and gets no notice.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class EventBroker:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
-        """Start following the table from its newest event."""
+        """Follow the table from its newest event; once stopped, it stays stopped."""
         if self._tasks or self._stopped:
             return
         self._loop = asyncio.get_running_loop()
@@ -268,8 +269,12 @@ class Subscription:
             # broker may not have offered yet. Offers are taken before the
             # read, so whatever commits after it arrives.
             self._lagging = False
-            async with self._broker.sessions() as session:
-                self.last_id = await newest_id(session) or 0
+            try:
+                async with self._broker.sessions() as session:
+                    self.last_id = await newest_id(session) or 0
+            except BaseException:
+                self.close()
+                raise
         return self
 
     async def __aexit__(
@@ -336,7 +341,7 @@ class Subscription:
         self._broker._leave(self)
 
     def _take(self) -> Event | None:
-        while self._backlog:
+        if self._backlog:
             return self._yielded(self._backlog.popleft())
         # The buffer holds events newer than the page being read: wait for it.
         while self._buffer and not self._reading:
