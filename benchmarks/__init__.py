@@ -1,0 +1,1 @@
+"""Performance benchmark of the service against the bundled fake Tinker."""

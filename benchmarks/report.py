@@ -1,0 +1,97 @@
+"""The benchmark's figures as a Markdown table, beside their targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def database_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, measured, target) rows of one database's results."""
+    t = result["throughput"]
+    rows = [
+        (
+            f"bare aiohttp loop, concurrency {t['poll_concurrency']}",
+            f"{_fmt(t['baseline_polls_per_s'])} polls/s",
+            "",
+        )
+    ]
+    for size in t["sizes"]:
+        rows.append(
+            (
+                f"service polls/s, {size['watched_runs']:,} runs "
+                f"every {t['interval_ms']} ms",
+                f"{_fmt(size['service_polls_per_s'])} polls/s, ratio "
+                f"{size['ratio']:.2f} (CPU {size['service_cpu_percent']:.0f}%)",
+                ">= 700 polls/s, ratio >= 0.5",
+            )
+        )
+    lag = result["lag"]
+    rows.append(
+        (
+            f"poll lateness, {lag['watched_runs']:,} runs every "
+            f"{lag['interval_ms'] / 1000:g} s, {lag['window_s']:.0f} s "
+            f"({lag['polls']:,} polls)",
+            f"p50 {lag['lateness_p50_s'] * 1000:.0f} ms, p99 "
+            f"{lag['lateness_p99_s'] * 1000:.0f} ms (histogram p99 "
+            f"{lag['histogram_p99_s'] * 1000:.0f} ms); CPU "
+            f"{lag['service_cpu_percent']:.0f}%",
+            "p99 < 1 s",
+        )
+    )
+    d = result["dispatch"]
+    rows.append(
+        (
+            f"corrupted poll -> started, {d['measured']}/{d['corruptions']} runs",
+            _ms_pair(d["poll_to_started_p50_ms"], d["poll_to_started_p99_ms"]),
+            "p99 < 100 ms",
+        )
+    )
+    f = result["fanout"]
+    rows.append(
+        (
+            f"event -> {f['subscribers']:,} SSE subscribers, {f['events']} events "
+            f"({f['deliveries']:,}/{f['expected_deliveries']:,} delivered)",
+            f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms; "
+            f"{f['rss_per_subscriber_kib']:.0f} KiB per subscriber",
+            "p99 < 250 ms",
+        )
+    )
+    m = result["memory"]
+    rows.append(
+        (
+            f"service RSS, {m['watched_runs']:,} watched runs",
+            f"{m['rss_mib']:.0f} MiB (max {m['rss_max_mib']:.0f} MiB)",
+            "< 300 MiB",
+        )
+    )
+    return rows
+
+
+def _ms_pair(p50: float | None, p99: float | None) -> str:
+    if p50 is None or p99 is None:
+        return "not measured"
+    return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+
+
+def table(report: dict[str, Any]) -> str:
+    """Every database's figures, one Markdown table."""
+    lines = ["| database | figure | measured | target |", "| --- | --- | --- | --- |"]
+    for kind, result in report["databases"].items():
+        for figure, measured, target in database_rows(result):
+            lines.append(f"| {kind} | {figure} | {measured} | {target} |")
+    m = report["machine"]
+    lines.append("")
+    lines.append(
+        f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; load average "
+        f"{_loads(m['load_average_start'])} at the start, "
+        f"{_loads(m.get('load_average_end', []))} at the end"
+    )
+    return "\n".join(lines)
+
+
+def _loads(values: list[float]) -> str:
+    return " / ".join(f"{value:.2f}" for value in values)
