@@ -307,9 +307,18 @@ class RecoveryDriver:
                 row = await self.attempt_row(session, attempt.attempt)
                 row.request_id = request_id
         remaining = (attempt.deadline or utcnow()) - utcnow()
-        result = await self.ctx.tinker.wait_future(
-            request_id, timeout_s=max(remaining.total_seconds(), 0.001)
-        )
+        try:
+            result = await self.ctx.tinker.wait_future(
+                request_id, timeout_s=max(remaining.total_seconds(), 0.001)
+            )
+        except TinkerError as error:
+            # The future is awaited until the attempt's deadline: running out
+            # of time here is the attempt timing out, whichever timer fired.
+            if error.code != "timeout":
+                raise
+            raise AttemptFailed(
+                "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
+            ) from error
         new_run_id = self.ctx.tinker.new_run_id(
             session_id, attempt.model_seq_id, result
         )
