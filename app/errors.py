@@ -20,8 +20,8 @@ class ValidationFailed(ServiceError):
     status_code = 422
     code = "validation_error"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__([{"loc": ["body", field], "msg": message, "type": "value"}])
+    def __init__(self, field: str, message: str, location: str = "body") -> None:
+        super().__init__([{"loc": [location, field], "msg": message, "type": "value"}])
 
 
 class Unauthorized(ServiceError):

@@ -51,7 +51,7 @@ def get_settings(request: Request) -> Settings:
 def _check_text(field: str, value: str) -> None:
     # Postgres refuses NUL characters in text: say so instead of failing.
     if "\x00" in value:
-        raise ValidationFailed(field, "must not contain NUL characters")
+        raise ValidationFailed(field, "must not contain NUL characters", "query")
 
 
 def get_filter(
@@ -78,10 +78,12 @@ def get_filter(
         _check_text("type", name)
         if not 1 <= len(name) <= MAX_TYPE_LENGTH:
             raise ValidationFailed(
-                "type", f"an event type has 1 to {MAX_TYPE_LENGTH} characters"
+                "type", f"an event type has 1 to {MAX_TYPE_LENGTH} characters", "query"
             )
     if type is not None and len(type) > MAX_TYPES:
-        raise ValidationFailed("type", f"at most {MAX_TYPES} types may be given")
+        raise ValidationFailed(
+            "type", f"at most {MAX_TYPES} types may be given", "query"
+        )
     return EventFilter.of(run_id, type)
 
 
@@ -189,7 +191,9 @@ def resume_point(last_event_id: str | None, after: int | None) -> int | None:
     digits = text.isascii() and text.isdigit()
     if not digits or len(text) > MAX_ID_DIGITS or int(text) > MAX_EVENT_ID:
         raise ValidationFailed(
-            "Last-Event-ID", "must be the id of an event: a whole number >= 0"
+            "Last-Event-ID",
+            "must be the id of an event: a whole number >= 0",
+            "header",
         )
     return int(text)
 

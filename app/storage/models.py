@@ -188,6 +188,8 @@ class Event(SQLModel, table=True):
     """A step of the service's work, as clients see it."""
 
     __tablename__ = "events"
+    # Ids are never handed out twice, even after the newest events are pruned.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(
         default=None,

@@ -26,7 +26,8 @@ def upgrade() -> None:
     sa.Column('attempt', sa.Integer(), nullable=True),
     sa.Column('time', sa.DateTime(timezone=True), nullable=False),
     sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_events_run_id'), ['run_id'], unique=False)
