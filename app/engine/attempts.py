@@ -103,7 +103,7 @@ class RecoveryDriver:
         try:
             if attempt is None or attempt.status == AttemptStatus.failed:
                 return await self.begin_attempt(snap)
-            left = time_left(attempt)
+            left = self.time_left(attempt)
             if left is not None and left <= 0:
                 raise AttemptFailed(
                     "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
@@ -130,6 +130,17 @@ class RecoveryDriver:
         else:
             return False
         return True
+
+    def time_left(self, attempt: Attempt) -> float | None:
+        """Seconds the attempt may still take, if it has a deadline."""
+        if attempt.deadline is None:
+            return None
+        deadline = attempt.deadline
+        if trainer_reported(attempt):
+            # The report beat the deadline, which is all the deadline asked of
+            # the trainer; reading its run back gets one Tinker request's time.
+            deadline += timedelta(milliseconds=self.ctx.settings.tinker_timeout_ms)
+        return (deadline - utcnow()).total_seconds()
 
     @asynccontextmanager
     async def deadline(self, left: float | None) -> AsyncIterator[None]:
@@ -597,16 +608,10 @@ class RecoveryDriver:
         }
 
 
-def time_left(attempt: Attempt) -> float | None:
-    """Seconds the attempt may still take; None when its deadline no longer applies.
-
-    A trainer that reported in time has done what the deadline asked of it:
-    reading its new run back is bounded by the Tinker client's own timeout.
-    """
+def trainer_reported(attempt: Attempt) -> bool:
+    """Whether a trainer's report, not a Tinker request of ours, moves the attempt."""
     reported = attempt.new_run_id is not None or attempt.error is not None
-    if attempt.deadline is None or (reported and attempt.request_id is None):
-        return None
-    return (attempt.deadline - utcnow()).total_seconds()
+    return reported and attempt.request_id is None
 
 
 async def current_attempt(session: AsyncSession, recovery: Recovery) -> Attempt | None:
