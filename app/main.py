@@ -16,7 +16,7 @@ from app.config import Settings
 from app.engine.assembly import start_background
 from app.errors import Unauthorized
 from app.runtime import Runtime
-from app.storage.db import create_engine, session_factory
+from app.storage.db import create_engine, read_session_factory, session_factory
 from app.storage.migrate import upgrade_async
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ async def start_runtime(settings: Settings, stack: AsyncExitStack) -> Runtime:
     engine = create_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     runtime = Runtime(
-        settings=settings, engine=engine, sessions=session_factory(engine)
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        read_sessions=read_session_factory(engine),
     )
     await start_background(runtime, stack)
     return runtime

@@ -22,6 +22,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessions: SessionFactory
+    read_sessions: SessionFactory
     wake_workers: Callable[[], None] = field(default=lambda: None)
     wake_monitor: Callable[[], None] = field(default=lambda: None)
     workers_running: Callable[[], bool] = field(default=lambda: False)

@@ -31,9 +31,13 @@ def get_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+async def get_session(
+    runtime: RuntimeDep, request: Request
+) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the route returns."""
-    async with runtime.sessions() as session, session.begin():
+    reads_only = request.method in ("GET", "HEAD")
+    sessions = runtime.read_sessions if reads_only else runtime.sessions
+    async with sessions() as session, session.begin():
         yield session
 
 

@@ -38,7 +38,7 @@ def get_broker(request: Request) -> EventBroker:
 
 def get_sessions(request: Request) -> SessionFactory:
     """The process's session factory."""
-    sessions: SessionFactory = request.app.state.runtime.sessions
+    sessions: SessionFactory = request.app.state.runtime.read_sessions
     return sessions
 
 

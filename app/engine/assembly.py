@@ -35,7 +35,7 @@ async def start_background(runtime: Runtime, stack: AsyncExitStack) -> None:
     stack.push_async_callback(tinker.aclose)
 
     broker = EventBroker(
-        runtime.sessions,
+        runtime.read_sessions,
         buffer_size=settings.sse_buffer_size,
         dialect=runtime.engine.dialect.name,
     )

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.errors import ServiceError
 from app.events.broker import EventBroker
 from app.events.store import set_notifier
-from app.storage.db import create_engine, session_factory
+from app.storage.db import create_engine, read_session_factory, session_factory
 from app.storage.migrate import upgrade_async
 
 POLL_INTERVAL_S = 1.0
@@ -38,8 +38,9 @@ def build_app(
         await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
         sessions = session_factory(engine)
+        read_sessions = read_session_factory(engine)
         broker = EventBroker(
-            sessions,
+            read_sessions,
             buffer_size=settings.sse_buffer_size,
             poll_interval_s=poll_interval_s,
             dialect=engine.dialect.name,
@@ -49,6 +50,7 @@ def build_app(
         app.state.runtime = SimpleNamespace(
             settings=settings,
             sessions=sessions,
+            read_sessions=read_sessions,
             broker=broker,
             loop=asyncio.get_running_loop(),
         )
