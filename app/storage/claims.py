@@ -133,8 +133,13 @@ async def next_poll_due(session: AsyncSession) -> datetime | None:
 
 
 async def next_recovery_due(session: AsyncSession) -> datetime | None:
-    """When the earliest queued or waiting recovery is due for an attempt."""
-    query = select(func.min(col(Recovery.next_attempt_at))).where(
+    """When the earliest recovery is due: an attempt, or a lease that lapses."""
+    waiting = select(func.min(col(Recovery.next_attempt_at))).where(
         col(Recovery.status).in_((RecoveryStatus.queued, RecoveryStatus.backoff))
     )
-    return (await session.exec(query)).one()
+    # A trainer-mode wait is a running recovery whose lease ends at its deadline.
+    leased = select(func.min(col(Recovery.lease_until))).where(
+        col(Recovery.status) == RecoveryStatus.running
+    )
+    times = [(await session.exec(query)).one() for query in (waiting, leased)]
+    return min((t for t in times if t is not None), default=None)
