@@ -7,10 +7,10 @@ import asyncio
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 from app.storage import models  # noqa: F401  (registers the tables)
 from app.storage.db import create_engine
-from sqlmodel import SQLModel
 
 # Any constant works; every process that migrates must use the same one.
 MIGRATION_LOCK = 7_401_118

@@ -50,9 +50,7 @@ def service_settings(database_url: str, tinker_url: str, **overrides: Any) -> Se
 
 
 @pytest.fixture
-def make_service(
-    database_url: str, fake_tinker: ThreadedServer
-) -> Iterator[Any]:
+def make_service(database_url: str, fake_tinker: ThreadedServer) -> Iterator[Any]:
     """Start services on the test's database; each is stopped after the test."""
     started: list[ThreadedServer] = []
 

@@ -52,7 +52,9 @@ def test_list_replace_and_delete(api: httpx.Client) -> None:
     create(api, name="b", enabled=True, jitter="full")
     assert [p["name"] for p in api.get("/policies").json()["items"]] == ["a", "b"]
 
-    replaced = api.put(f"/policies/{first['id']}", json={"name": "a2", "max_attempts": 5})
+    replaced = api.put(
+        f"/policies/{first['id']}", json={"name": "a2", "max_attempts": 5}
+    )
     assert replaced.status_code == 200
     assert replaced.json()["max_attempts"] == 5
     assert replaced.json()["name"] == "a2"
@@ -76,7 +78,10 @@ def test_list_replace_and_delete(api: httpx.Client) -> None:
         {"backoff_ms": 5000, "max_backoff_ms": 4999},
         {"checkpoint_strategy": "specific"},
         {"checkpoint_strategy": "latest", "checkpoint_path": "tinker://r/weights/a"},
-        {"checkpoint_strategy": "specific", "checkpoint_path": "tinker://r/sampler_weights/a"},
+        {
+            "checkpoint_strategy": "specific",
+            "checkpoint_path": "tinker://r/sampler_weights/a",
+        },
         {"checkpoint_strategy": "specific", "checkpoint_path": "tinker://r/weights"},
         {"checkpoint_strategy": "specific", "checkpoint_path": "s3://r/weights/a"},
         {"checkpoint_strategy": "best"},
@@ -116,7 +121,9 @@ def test_missing_name_and_bad_json(api: httpx.Client) -> None:
 
 def test_specific_and_best_policies(api: httpx.Client) -> None:
     path = "tinker://abc-123:train:0/weights/step-10"
-    specific = create(api, name="s", checkpoint_strategy="specific", checkpoint_path=path)
+    specific = create(
+        api, name="s", checkpoint_strategy="specific", checkpoint_path=path
+    )
     assert specific["checkpoint_path"] == path
     best = create(api, name="b", checkpoint_strategy="best", best_metric="eval_loss")
     assert best["best_metric"] == "eval_loss"
@@ -156,7 +163,11 @@ def test_policy_in_use_cannot_be_deleted(api: httpx.Client) -> None:
 def test_private_webhook_targets_are_refused_unless_allowed(make_service: Any) -> None:
     server = make_service(webhook_allow_private=False)
     with httpx.Client(base_url=server.url) as api:
-        for url in ("http://127.0.0.1:9/hook", "http://localhost/x", "http://10.0.0.8/"):
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://localhost/x",
+            "http://10.0.0.8/",
+        ):
             refused = api.post("/policies", json={"name": "p", "on_failure_url": url})
             assert refused.status_code == 422, url
             assert refused.json()["error"] == "validation_error"

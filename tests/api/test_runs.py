@@ -72,8 +72,11 @@ def test_monitor_refusals_change_nothing(api: httpx.Client) -> None:
         ({"policy": {"max_attempts": 2}}, 409, "recovery_disabled"),
         ({}, 422, "validation_error"),
         ({"policy_id": disabled, "policy": {"enabled": True}}, 422, "validation_error"),
-        ({"policy": {"enabled": True, "backoff_ms": 10, "max_backoff_ms": 5}}, 422,
-         "validation_error"),
+        (
+            {"policy": {"enabled": True, "backoff_ms": 10, "max_backoff_ms": 5}},
+            422,
+            "validation_error",
+        ),
         ({"policy_id": disabled, "metadata": "not an object"}, 422, "validation_error"),
     ]
     for body, status, code in cases:
@@ -138,7 +141,9 @@ def test_manual_recovery_is_refused_while_one_is_active(api: httpx.Client) -> No
     second = api.post("/runs/r1/recover")
     assert second.status_code == 409
     assert second.json()["error"] == "already_pending"
-    bad = api.post("/runs/r1/recover", json={"checkpoint_path": "tinker://r1/sampler_weights/a"})
+    bad = api.post(
+        "/runs/r1/recover", json={"checkpoint_path": "tinker://r1/sampler_weights/a"}
+    )
     assert bad.status_code == 422
     listed = api.get("/runs/r1/recoveries").json()["items"]
     assert [r["id"] for r in listed] == [recovery["id"]]
@@ -148,7 +153,10 @@ def test_survives_a_restart(make_service: Any) -> None:
     first = make_service()
     with httpx.Client(base_url=first.url) as api:
         policy_id = policy(api)
-        api.post("/runs/a:train:0/monitor", json={"policy_id": policy_id, "metadata": {"k": 1}})
+        api.post(
+            "/runs/a:train:0/monitor",
+            json={"policy_id": policy_id, "metadata": {"k": 1}},
+        )
     first.stop()
     second = make_service()
     with httpx.Client(base_url=second.url) as api:

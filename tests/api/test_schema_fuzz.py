@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-from schemathesis.checks import not_a_server_error
 
 from app.main import create_app
 from app.tinker.fake import create_fake_tinker_app
@@ -36,7 +36,9 @@ schema = schemathesis.openapi.from_path(str(SCHEMA)).exclude(
 
 
 @pytest.fixture(scope="module")
-def fuzzed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+def fuzzed_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ThreadedServer]:
     """One service on SQLite for every generated request of this module."""
     folder = tmp_path_factory.mktemp("fuzz")
     with serve(create_fake_tinker_app()) as tinker:

@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 
 POSTGRES_URL = os.environ.get(
-    "RECOVERY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    "RECOVERY_TEST_POSTGRES_URL",
+    "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
 )
 # CI sets this, so that a Postgres it cannot reach fails the run, not skips it.
 POSTGRES_REQUIRED = os.environ.get("RECOVERY_TEST_REQUIRE_POSTGRES") == "1"
