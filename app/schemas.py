@@ -55,10 +55,29 @@ def check_webhook_url(value: str) -> str:
 WebhookUrl = Annotated[Url, AfterValidator(check_webhook_url)]
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character hides anywhere in a JSON value."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
 class StrictBody(BaseModel):
-    """A request body: exact types, no unknown fields."""
+    """A request body: exact types, no unknown fields, no NUL characters."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # Postgres cannot store NUL in text or JSON: refuse it up front.
+        if has_nul(data):
+            raise ValueError("text may not contain NUL characters")
+        return data
 
 
 class PolicyFields(StrictBody):

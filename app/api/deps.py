@@ -64,14 +64,20 @@ def require_token(
         raise Unauthorized("a valid bearer token is required")
 
 
+# Ids are stored as text, which cannot hold NUL characters on Postgres.
+NO_NUL = r"^[^\x00]+$"
+
 RunIdPath = Annotated[
     str,
     Path(
         min_length=1,
         max_length=512,
+        pattern=NO_NUL,
         description="The Tinker training_run_id, colons included",
     ),
 ]
+PolicyIdPath = Annotated[str, Path(max_length=36, pattern=NO_NUL)]
+RecoveryIdPath = Annotated[str, Path(max_length=36, pattern=NO_NUL)]
 
 
 async def get_run(run_id: RunIdPath, session: SessionDep) -> Run:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.api.deps import SessionDep, SettingsDep, require_token
+from app.api.deps import PolicyIdPath, SessionDep, SettingsDep, require_token
 from app.api.responses import errors
 from app.config import Settings
 from app.engine.commands import new_id, runs_using
@@ -27,7 +25,6 @@ router = APIRouter(
 )
 
 WEBHOOK_FIELDS = ("on_recovery_url", "on_failure_url", "on_restart_url")
-PolicyId = Annotated[str, Path(max_length=36)]
 
 
 async def find_policy(session: AsyncSession, policy_id: str) -> Policy:
@@ -103,7 +100,7 @@ async def list_policies(session: SessionDep) -> PolicyList:
 
 
 @router.get("/{policy_id}", responses=errors(PolicyNotFound))
-async def get_policy(policy_id: PolicyId, session: SessionDep) -> PolicyOut:
+async def get_policy(policy_id: PolicyIdPath, session: SessionDep) -> PolicyOut:
     """Read one policy."""
     return PolicyOut.model_validate(await find_policy(session, policy_id))
 
@@ -113,7 +110,7 @@ async def get_policy(policy_id: PolicyId, session: SessionDep) -> PolicyOut:
     responses=errors(PolicyNotFound, PolicyExists, ValidationFailed),
 )
 async def put_policy(
-    policy_id: PolicyId, body: PolicyIn, session: SessionDep, settings: SettingsDep
+    policy_id: PolicyIdPath, body: PolicyIn, session: SessionDep, settings: SettingsDep
 ) -> PolicyOut:
     """Replace a policy; runs that use it follow from their next poll or attempt."""
     check_targets(body, settings)
@@ -131,7 +128,7 @@ async def put_policy(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=errors(PolicyNotFound, PolicyInUse),
 )
-async def delete_policy(policy_id: PolicyId, session: SessionDep) -> Response:
+async def delete_policy(policy_id: PolicyIdPath, session: SessionDep) -> Response:
     """Delete a policy that no watched run uses."""
     policy = await find_policy(session, policy_id)
     in_use = await runs_using(session, policy.id)

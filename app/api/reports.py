@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, status
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.api.deps import RuntimeDep, SessionDep, require_token
+from app.api.deps import RecoveryIdPath, RuntimeDep, SessionDep, require_token
 from app.api.responses import errors, recovery_out
 from app.errors import RecoveryNotFound, StaleAttempt, ValidationFailed
 from app.events.store import append_event
@@ -22,7 +22,6 @@ router = APIRouter(
     responses=errors(RecoveryNotFound, StaleAttempt, ValidationFailed),
 )
 
-RecoveryIdPath = Annotated[str, Path(max_length=36)]
 AttemptPath = Annotated[
     int, Path(ge=1, le=INT32_MAX, description="The attempt's number, from 1")
 ]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.api.deps import RunDep, RunIdPath, RuntimeDep, SessionDep, require_token
+from app.api.deps import (
+    RecoveryIdPath,
+    RunDep,
+    RunIdPath,
+    RuntimeDep,
+    SessionDep,
+    require_token,
+)
 from app.api.policies import check_targets, create_policy, find_policy
 from app.api.responses import errors, recovery_out, run_out
 from app.config import Settings
@@ -168,9 +175,7 @@ async def list_recoveries(run: RunDep, session: SessionDep) -> RecoveryList:
 
 
 @router.get("/recoveries/{recovery_id}", responses=errors(RecoveryNotFound))
-async def get_recovery(
-    recovery_id: Annotated[str, Path(max_length=36)], session: SessionDep
-) -> RecoveryOut:
+async def get_recovery(recovery_id: RecoveryIdPath, session: SessionDep) -> RecoveryOut:
     """Read one recovery with its attempts."""
     recovery = await session.get(Recovery, recovery_id)
     if recovery is None:

@@ -172,3 +172,21 @@ def test_health_and_readiness(api: httpx.Client) -> None:
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "database": True, "workers": True}
     assert "recovery_polls_total" in api.get("/metrics").text
+
+
+def test_nul_characters_are_refused_everywhere(api: httpx.Client) -> None:
+    policy_id = policy(api)
+    bodies = [
+        ("/policies", {"name": "a\x00b"}),
+        ("/runs/r1/monitor", {"policy_id": policy_id, "metadata": {"k": "v\x00"}}),
+        ("/runs/r1/monitor", {"policy_id": policy_id, "metadata": {"k\x00": 1}}),
+    ]
+    for path, body in bodies:
+        response = api.post(path, json=body)
+        assert response.status_code == 422, (path, body)
+        assert response.json()["error"] == "validation_error"
+    for path in ("/runs/a%00b", "/policies/a%00b", "/recoveries/a%00b"):
+        response = api.get(path)
+        assert response.status_code == 422, path
+        assert response.json()["error"] == "validation_error"
+    assert api.get("/runs").json()["total"] == 0
