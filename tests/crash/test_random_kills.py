@@ -52,8 +52,8 @@ def kill_at_random(crash: Crash, rounds: int) -> None:
     recoveries = crash.wait_settled(len(corrupted))
     check_history(crash, seeded)
     for recovery in recoveries:
-        path = recovery["attempts"][0]["checkpoint_path"]
-        assert path == corrupted[recovery["run_id"]], recovery
+        (attempt,) = recovery["attempts"]
+        assert attempt["checkpoint_path"] == corrupted[recovery["run_id"]], recovery
     assert crash.kills == rounds
 
 

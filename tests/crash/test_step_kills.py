@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from tests.support.flow import fast_policy
 # Long enough to kill the process inside the call; a call the dead process
 # left behind then finishes on its own, as on a real server.
 FAULT_DELAY_S = 3.0
+BACKOFF_MS = 2_000
 
 Wait = Callable[[], object]
 
@@ -33,6 +35,7 @@ class KillPoint:
 
     name: str
     arm: Callable[[Crash], Wait]
+    attempts: int = 1
 
     def __str__(self) -> str:
         return self.name
@@ -79,6 +82,12 @@ def future_pending(crash: Crash) -> Wait:
     )
 
 
+def backing_off(crash: Crash) -> Wait:
+    """Kill while the recovery waits out the backoff after a failed attempt."""
+    crash.fake.inject_fault("load_weights", status=503)
+    return after_event("failed")(crash)
+
+
 def verifying(crash: Crash) -> Wait:
     """Kill while the service reads the new run back, its answer held."""
     known = set(crash.tinker.created_runs(set()))
@@ -98,6 +107,7 @@ KILL_POINTS = [
     KillPoint("client_created", after_event("client_created")),
     KillPoint("verifying", verifying),
     KillPoint("completed", after_event("completed")),
+    KillPoint("backoff", backing_off, attempts=2),
 ]
 # A smaller set on Postgres: a kill inside each kind of Tinker call.
 POSTGRES_POINTS = {
@@ -113,7 +123,9 @@ POSTGRES_KILL_POINTS = [p for p in KILL_POINTS if p.name in POSTGRES_POINTS]
 def kill_at_each(crash: Crash, points: list[KillPoint]) -> None:
     """Corrupt a fresh run per point, kill there, and let a new process finish."""
     crash.start()
-    policy_id = fast_policy(crash.api, **POLICY)
+    # A backoff long enough to kill the process in it; no other case fails.
+    backoff: dict[str, Any] = {"backoff_ms": BACKOFF_MS, "max_backoff_ms": BACKOFF_MS}
+    policy_id = fast_policy(crash.api, **POLICY, **backoff)
     seeded: set[str] = set()
     for number, point in enumerate(points, 1):
         began = time.monotonic()
@@ -149,8 +161,9 @@ def kill_at(
     crash.wait_settled(number)
     crash.wait_heartbeats(sessions)
     recovery = crash.api.get(f"/runs/{run_id}/recoveries").json()["items"][0]
+    assert len(recovery["attempts"]) == point.attempts, recovery
     path = f"tinker://{run_id}/weights/step-200"
-    assert recovery["attempts"][0]["checkpoint_path"] == path
+    assert recovery["attempts"][-1]["checkpoint_path"] == path
     assert crash.fake.run_state(recovery["new_run_id"]).loaded_from == path
     check_history(crash, seeded)
 

@@ -89,8 +89,13 @@ class ServiceProcess:
             self.process.stdin.write(b"serve\n")
             self.process.stdin.close()
         else:
+            # A cold start: the standbys warm up meanwhile, for the restarts.
             self.process = self._spawn(serve_command(), stdin=subprocess.DEVNULL)
+            self._top_up()
         self._wait_ready(timeout)
+        self._top_up()
+
+    def _top_up(self) -> None:
         while len(self.waiting) < self.standbys:
             standby = [sys.executable, "-c", STANDBY_SCRIPT]
             self.waiting.append(self._spawn(standby, stdin=subprocess.PIPE))
