@@ -13,6 +13,7 @@ import aiohttp
 from benchmarks.procs import API_KEY
 from benchmarks.stats import parse_metrics
 
+REGISTER_TRIES = 5
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -71,14 +72,28 @@ async def create_policy(api: aiohttp.ClientSession, name: str, interval_ms: int)
 
 async def register_runs(
     api: aiohttp.ClientSession, run_ids: list[str], policy_id: str
-) -> None:
-    """Watch every run under one policy, several registrations at a time."""
+) -> int:
+    """Watch every run under one policy, a few at a time; the refusals retried.
+
+    Returns how many registrations the service refused (5xx) before they
+    went through, so that a report shows them instead of hiding them.
+    """
+    refused = 0
 
     async def register(run_id: str) -> None:
-        body = {"policy_id": policy_id}
-        await send(api, "POST", f"/runs/{run_id}/monitor", body)
+        nonlocal refused
+        for _ in range(REGISTER_TRIES - 1):
+            async with api.post(
+                f"/runs/{run_id}/monitor", json={"policy_id": policy_id}
+            ) as response:
+                if response.status < 500:
+                    response.raise_for_status()
+                    return
+                refused += 1
+        await send(api, "POST", f"/runs/{run_id}/monitor", {"policy_id": policy_id})
 
-    await each(run_ids, register, 16)
+    await each(run_ids, register, 8)
+    return refused
 
 
 async def metrics(api: aiohttp.ClientSession) -> Samples:

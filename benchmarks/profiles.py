@@ -25,6 +25,7 @@ class Profile:
     subscriber_processes: int
     fanout_events: int
     fanout_spacing_s: float
+    dispatch_wait_s: float = 30.0
     max_concurrent: int = 16
 
     @property
@@ -56,17 +57,18 @@ SMOKE = Profile(
     poll_concurrency=16,
     throughput_runs=(20, 50, 100),
     throughput_interval_ms=100,
-    throughput_warmup_s=0.5,
+    throughput_warmup_s=0.3,
     throughput_window_s=1.0,
     lag_runs=100,
     lag_interval_ms=1_000,
-    lag_warmup_s=1.0,
-    lag_window_s=4.0,
+    lag_warmup_s=0.5,
+    lag_window_s=3.0,
     corruptions=3,
     corruption_spacing_s=0.2,
     subscribers=20,
     subscriber_processes=2,
     fanout_events=5,
     fanout_spacing_s=0.1,
+    dispatch_wait_s=5.0,
     max_concurrent=4,
 )

@@ -113,7 +113,7 @@ async def _throughput_sizes(bench: Bench, service: Child) -> list[dict[str, Any]
         policy = await create_policy(api, "bench-throughput", p.throughput_interval_ms)
         watched = 0
         for size in p.throughput_runs:
-            await register_runs(api, bench.run_ids[watched:size], policy)
+            refused = await register_runs(api, bench.run_ids[watched:size], policy)
             watched = size
             await asyncio.sleep(p.throughput_warmup_s)
             before, cpu_before = await metrics(api), service.cpu_seconds()
@@ -127,6 +127,7 @@ async def _throughput_sizes(bench: Bench, service: Child) -> list[dict[str, Any]
             rows.append(
                 {
                     "watched_runs": size,
+                    "registrations_refused": refused,
                     "service_polls_per_s": polls / elapsed,
                     "service_cpu_percent": 100 * (cpu_after - cpu_before) / elapsed,
                 }
@@ -151,12 +152,12 @@ async def _lag(bench: Bench, service: Child) -> dict[str, Any]:
     async with session(service.url) as api, session(bench.fake.url) as fake:
         policy = await create_policy(api, "bench-lag", p.lag_interval_ms)
         began = time.perf_counter()
-        await register_runs(api, run_ids, policy)
+        refused = await register_runs(api, run_ids, policy)
         registration_s = time.perf_counter() - began
         await asyncio.sleep(p.lag_warmup_s)
         await send(fake, "DELETE", "/_fake/calls")
         window = await _watch(api, fake, service, corrupted, p)
-        await _wait_started(api, len(corrupted), p.lag_interval_ms / 1000 + 30)
+        await _wait_started(api, len(corrupted), p.dispatch_wait_s)
         schedule = await _schedules(api)
         calls = await send(fake, "GET", "/_fake/calls?endpoint=get_training_run")
         events = await read_events(api, ["detected", "started"])
@@ -167,6 +168,7 @@ async def _lag(bench: Bench, service: Child) -> dict[str, Any]:
             "watched_runs": len(run_ids),
             "interval_ms": p.lag_interval_ms,
             "registration_s": registration_s,
+            "registrations_refused": refused,
             "window_s": window["seconds"],
             "polls": len(lateness),
             "lateness_p50_s": quantile(lateness, 0.5),
