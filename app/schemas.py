@@ -148,7 +148,11 @@ class PolicyList(BaseModel):
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except ValueError as error:
+        raise ValueError("metadata numbers must be finite") from error
+    if len(text) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is limited to {MAX_METADATA_BYTES} bytes of JSON")
     return value
 

@@ -174,7 +174,7 @@ def test_health_and_readiness(api: httpx.Client) -> None:
     assert "recovery_polls_total" in api.get("/metrics").text
 
 
-def test_nul_characters_are_refused_everywhere(api: httpx.Client) -> None:
+def test_values_the_database_cannot_store_are_refused(api: httpx.Client) -> None:
     policy_id = policy(api)
     bodies = [
         ("/policies", {"name": "a\x00b"}),
@@ -185,6 +185,13 @@ def test_nul_characters_are_refused_everywhere(api: httpx.Client) -> None:
         response = api.post(path, json=body)
         assert response.status_code == 422, (path, body)
         assert response.json()["error"] == "validation_error"
+    infinite = f'{{"policy_id": "{policy_id}", "metadata": {{"x": 1e400}}}}'
+    response = api.post(
+        "/runs/r1/monitor",
+        content=infinite,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
     for path in ("/runs/a%00b", "/policies/a%00b", "/recoveries/a%00b"):
         response = api.get(path)
         assert response.status_code == 422, path
