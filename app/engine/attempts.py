@@ -87,6 +87,7 @@ class RecoveryDriver:
         self.recovery_id = recovery_id
         self.token = token
         self.log = {"recovery_id": recovery_id}
+        self.session_renewed = False
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Take steps until the recovery leaves `running` or the pool stops."""
@@ -307,13 +308,19 @@ class RecoveryDriver:
         session_id = recovery.session_id or await self.open_session(recovery)
         request_id = attempt.request_id
         if request_id is None:
-            request_id = await self.ctx.tinker.load_weights(
-                session_id=session_id,
-                model_seq_id=attempt.model_seq_id,
-                path=attempt.checkpoint_path,
-                optimizer=attempt.restore_optimizer,
-                idempotency_key=attempt.idempotency_key,
-            )
+            try:
+                request_id = await self.ctx.tinker.load_weights(
+                    session_id=session_id,
+                    model_seq_id=attempt.model_seq_id,
+                    path=attempt.checkpoint_path,
+                    optimizer=attempt.restore_optimizer,
+                    idempotency_key=attempt.idempotency_key,
+                )
+            except TinkerError as error:
+                if error.code != "gone" or self.session_renewed:
+                    raise
+                await self.renew_session(attempt.attempt)
+                return
             async with self.write() as (session, _):
                 row = await self.attempt_row(session, attempt.attempt)
                 row.request_id = request_id
@@ -340,6 +347,23 @@ class RecoveryDriver:
             await self.event(
                 session, recovery, "client_created", row.attempt, self.outcome(row)
             )
+
+    async def renew_session(self, number: int) -> None:
+        """Forget a session Tinker dropped, so that the restart opens another."""
+        # Sessions lapse while no process sends heartbeats, as in a long outage.
+        # A load that had taken effect under the same key would have been
+        # answered as before, not refused: no run exists for this attempt yet,
+        # so new keys in a new session cannot restart it twice. Once per claim,
+        # so that a Tinker that refuses every session fails the attempt.
+        self.session_renewed = True
+        async with self.write() as (session, recovery):
+            row = await self.attempt_row(session, number)
+            recovery.session_id = None
+            recovery.session_key = uuid.uuid4().hex
+            row.idempotency_key = uuid.uuid4().hex
+        logger.warning(
+            "recovery.session_renewed", extra={**self.log, "attempt": number}
+        )
 
     async def open_session(self, recovery: Recovery) -> str:
         """Create the recovery's Tinker session under its stored key."""
