@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.engine.commands import queue_recovery
@@ -216,6 +217,12 @@ class Monitor:
 
 async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
     """Store a batch of poll results; corrupted runs get a queued recovery."""
+    # Every run row is locked, in one order, before the first event takes the
+    # event lock: no transaction then holds that lock while it waits for a
+    # run that another holds while waiting for the lock (a deadlock).
+    batch = sorted(batch, key=lambda result: result.run_id)
+    if any(result.error is not None or result.corrupted for result in batch):
+        await lock_runs(session, [result.run_id for result in batch])
     params = [
         {
             "b_run_id": result.run_id,
@@ -239,6 +246,16 @@ async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
             )
         elif result.corrupted:
             await detect(session, result)
+
+
+async def lock_runs(session: AsyncSession, run_ids: list[str]) -> None:
+    """Lock the rows of `run_ids` for the transaction, in run id order."""
+    await session.exec(
+        select(Run.run_id)
+        .where(col(Run.run_id).in_(run_ids))
+        .order_by(col(Run.run_id))
+        .with_for_update()
+    )
 
 
 async def detect(session: AsyncSession, result: PollResult) -> None:

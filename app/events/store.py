@@ -53,6 +53,9 @@ async def append_event(
         # smaller id appear: resuming "after N" cannot skip an event.
         # The notification goes out when the transaction commits, and not at
         # all if it rolls back; Postgres sends one per transaction.
+        # Pending writes of the caller lock their rows now, before the event
+        # lock rather than while holding it, which would invite deadlocks.
+        await session.flush()
         connection = await session.connection()
         await connection.execute(
             text("SELECT pg_advisory_xact_lock(:key), pg_notify(:channel, '')"),
