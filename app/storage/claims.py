@@ -38,7 +38,9 @@ async def claim_due_polls(
 
     Moving `next_poll_at` is the claim: no other replica sees the run as due
     again until its next interval, and a replica that dies mid-poll costs one
-    missed poll, not a stuck run.
+    missed poll, not a stuck run. The next poll is due one interval after this
+    claim, not after the time this one was due: a claim made late must not
+    leave less than an interval before the next one.
     """
     query = (
         select(Run.run_id, col(Run.next_poll_at), Policy.poll_interval_ms)
@@ -54,9 +56,7 @@ async def claim_due_polls(
     schedule = []
     for run_id, due_at, interval_ms in rows:
         assert due_at is not None
-        following = due_at + timedelta(milliseconds=interval_ms)
-        if following <= now:
-            following = now + timedelta(milliseconds=interval_ms)
+        following = now + timedelta(milliseconds=interval_ms)
         schedule.append({"run_id": run_id, "next_poll_at": following})
         claimed.append(DuePoll(run_id, due_at))
     if schedule:
