@@ -65,4 +65,4 @@ def test_random_kills_sqlite(sqlite_crash: Crash) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_random_kills_postgres(postgres_crash: Crash) -> None:
-    kill_at_random(postgres_crash, rounds=5)
+    kill_at_random(postgres_crash, rounds=4)

@@ -109,14 +109,8 @@ KILL_POINTS = [
     KillPoint("completed", after_event("completed")),
     KillPoint("backoff", backing_off, attempts=2),
 ]
-# A smaller set on Postgres: a kill inside each kind of Tinker call.
-POSTGRES_POINTS = {
-    "started",
-    "create_session_acted",
-    "load_weights_acted",
-    "future_pending",
-    "verifying",
-}
+# A smaller set on Postgres: between steps, and inside the load's calls.
+POSTGRES_POINTS = {"started", "load_weights_acted", "future_pending", "verifying"}
 POSTGRES_KILL_POINTS = [p for p in KILL_POINTS if p.name in POSTGRES_POINTS]
 
 

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from tests.support.servers import free_port
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 10.0
 STANDBY_SCRIPT = """
 import sys
@@ -81,7 +82,7 @@ class ServiceProcess:
         """Start serving (cold, or from the standby) and wait until ready."""
         assert not self.alive, "the service is already running"
         self.starts += 1
-        self._mark(f"=== start {self.starts} ===")
+        self._mark(f"=== start {self.starts} at {datetime.now(UTC):%H:%M:%S.%f} ===")
         self.waiting = [p for p in self.waiting if p.poll() is None]
         if self.waiting:
             self.process = self.waiting.pop(0)
@@ -127,6 +128,8 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL the serving process, as a crash would, and reap it."""
+        if self.alive:
+            self._mark(f"=== SIGKILL at {datetime.now(UTC):%H:%M:%S.%f} ===")
         _kill(self.process)
 
     def stop(self) -> None:
