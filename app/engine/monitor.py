@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import BindParameter, Update, bindparam, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -32,20 +32,37 @@ FLUSH_AFTER_S = 0.02
 FLUSH_AT = 500
 
 runs_table = Run.__table__  # type: ignore[attr-defined]
-# One statement for every poll result of a batch, sent as an executemany.
-RECORD_POLL = (
-    runs_table.update()
-    .where(
-        runs_table.c.run_id == bindparam("b_run_id"),
-        runs_table.c.status == RunStatus.monitoring.value,
+
+
+def poll_writer(*, saw_run: bool) -> Update:
+    """One statement for every poll result of a batch, sent as an executemany."""
+    values: dict[str, BindParameter[Any]] = {
+        "last_polled_at": bindparam("b_at"),
+        "updated_at": bindparam("b_at"),
+        "last_error": bindparam("b_error"),
+    }
+    # A poll that failed saw no checkpoint: the last one seen stays.
+    if saw_run:
+        values["last_checkpoint"] = bindparam("b_checkpoint")
+    statement: Update = (
+        runs_table.update()
+        .where(
+            runs_table.c.run_id == bindparam("b_run_id"),
+            runs_table.c.status == RunStatus.monitoring.value,
+            # Polls of one run overlap when Tinker is slower than the interval:
+            # a poll that started before the stored one must not undo it.
+            or_(
+                runs_table.c.last_polled_at.is_(None),
+                runs_table.c.last_polled_at <= bindparam("b_at"),
+            ),
+        )
+        .values(**values)
     )
-    .values(
-        last_polled_at=bindparam("b_at"),
-        updated_at=bindparam("b_at"),
-        last_checkpoint=bindparam("b_checkpoint"),
-        last_error=bindparam("b_error"),
-    )
-)
+    return statement
+
+
+RECORD_POLL = poll_writer(saw_run=True)
+RECORD_POLL_ERROR = poll_writer(saw_run=False)
 
 
 @dataclass(slots=True)
@@ -233,8 +250,12 @@ async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
         for result in batch
         if not result.corrupted
     ]
-    if params:
-        await session.exec(RECORD_POLL, params=params)
+    seen = [p for p in params if p["b_error"] is None]
+    failed = [p for p in params if p["b_error"] is not None]
+    if seen:
+        await session.exec(RECORD_POLL, params=seen)
+    if failed:
+        await session.exec(RECORD_POLL_ERROR, params=failed)
     for result in batch:
         if result.error is not None:
             await append_event(
