@@ -90,6 +90,7 @@ class TinkerClient:
         use_aiohttp: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._api_url = self.base_url + API_PREFIX
         self._api_key = api_key
         headers = {"Accept": "application/json"}
         if api_key:
@@ -261,10 +262,11 @@ class TinkerClient:
         idempotency_key: str | None = None,
     ) -> httpx.Response:
         headers = {"X-Idempotency-Key": idempotency_key} if idempotency_key else None
+        # An absolute URL is parsed once; a relative one is parsed, then merged
+        # with the base URL and parsed again, a cost paid on every poll.
+        url = self._api_url + path
         try:
-            response = await self._http.request(
-                method, API_PREFIX + path, json=body, headers=headers
-            )
+            response = await self._http.request(method, url, json=body, headers=headers)
         except _TRANSPORT_ERRORS as exc:
             raise self._classify(exc, endpoint) from exc
         if not response.is_success:
