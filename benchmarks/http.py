@@ -14,6 +14,7 @@ from benchmarks.procs import API_KEY
 from benchmarks.stats import parse_metrics
 
 REGISTER_TRIES = 5
+REGISTER_CONCURRENCY = 32
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -92,7 +93,7 @@ async def register_runs(
                 refused += 1
         await send(api, "POST", f"/runs/{run_id}/monitor", {"policy_id": policy_id})
 
-    await each(run_ids, register, 8)
+    await each(run_ids, register, REGISTER_CONCURRENCY)
     return refused
 
 

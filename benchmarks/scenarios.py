@@ -113,8 +113,10 @@ async def _throughput_sizes(bench: Bench, service: Child) -> list[dict[str, Any]
         policy = await create_policy(api, "bench-throughput", p.throughput_interval_ms)
         watched = 0
         for size in p.throughput_runs:
+            began = time.perf_counter()
             refused = await register_runs(api, bench.run_ids[watched:size], policy)
-            watched = size
+            registering_s = time.perf_counter() - began
+            registered, watched = size - watched, size
             await asyncio.sleep(p.throughput_warmup_s)
             before, cpu_before = await metrics(api), service.cpu_seconds()
             began = time.perf_counter()
@@ -128,6 +130,7 @@ async def _throughput_sizes(bench: Bench, service: Child) -> list[dict[str, Any]
                 {
                     "watched_runs": size,
                     "registrations_refused": refused,
+                    "registrations_per_s": registered / registering_s,
                     "service_polls_per_s": polls / elapsed,
                     "service_cpu_percent": 100 * (cpu_after - cpu_before) / elapsed,
                 }
@@ -169,6 +172,7 @@ async def _lag(bench: Bench, service: Child) -> dict[str, Any]:
             "interval_ms": p.lag_interval_ms,
             "registration_s": registration_s,
             "registrations_refused": refused,
+            "registrations_per_s": len(run_ids) / registration_s,
             "window_s": window["seconds"],
             "polls": len(lateness),
             "lateness_p50_s": quantile(lateness, 0.5),
