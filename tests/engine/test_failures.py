@@ -217,3 +217,19 @@ def test_attempt_timeout(api: httpx.Client, fake: FakeTinkerControl) -> None:
     types = [e["type"] for e in steps_of(api, RUN)]
     assert types[-1] == "exhausted"
     assert types.count("failed") == 2
+
+
+def test_latest_is_read_afresh_at_each_attempt(
+    api: httpx.Client, fake: FakeTinkerControl
+) -> None:
+    # The first load is held up, then fails; meanwhile a newer checkpoint lands.
+    fake.inject_fault("load_weights", status=503, delay_s=1.0)
+    paths = corrupted(api, fake, "step-100", "step-200")
+    wait_for(lambda: fake.calls("load_weights"))
+    newer = fake.add_checkpoint(RUN, "step-300").tinker_path
+
+    recovery = wait_recovery(api, RUN)
+    assert recovery["status"] == "succeeded", recovery
+    chosen = [a["checkpoint_path"] for a in recovery["attempts"]]
+    assert chosen == [paths[-1], newer]
+    assert fake.run_state(recovery["new_run_id"]).loaded_from == newer
