@@ -71,21 +71,33 @@ class PostgresListener:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
         delay = self.backoff_s
         while True:
+            connection = await self.reconnect()
+            loop = asyncio.get_running_loop()
+            since = loop.time()
             try:
-                connection = await self.connect()
+                await self.follow(connection, notify)
+            finally:
+                await close_quietly(connection)
+            # A connection that is dropped as soon as it is made must not be
+            # made again in a tight loop; one that lived a while starts over.
+            if loop.time() - since > self.max_backoff_s:
+                delay = self.backoff_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    async def reconnect(self) -> asyncpg.Connection:
+        """A new connection, retried with capped backoff until one is made."""
+        delay = self.backoff_s
+        while True:
+            try:
+                return await self.connect()
             except CONNECTION_ERRORS as error:
                 logger.warning(
                     "events.listener.connect_failed",
                     extra={"error": type(error).__name__, "retry_s": delay},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
-            delay = self.backoff_s
-            try:
-                await self.follow(connection, notify)
-            finally:
-                await close_quietly(connection)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
 
     async def connect(self) -> asyncpg.Connection:
         connection: asyncpg.Connection = await asyncpg.connect(
