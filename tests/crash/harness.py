@@ -68,7 +68,7 @@ def service_env(database_url: str, tinker_url: str, **extra: str) -> dict[str, s
         "TINKER_API_KEY": TINKER_KEY,
         "RECOVERY_LEASE_MS": "1500",
         "RECOVERY_MONITOR_IDLE_MS": "100",
-        "RECOVERY_HEARTBEAT_INTERVAL_MS": "500",
+        "RECOVERY_HEARTBEAT_INTERVAL_MS": "1000",
         "RECOVERY_SHUTDOWN_GRACE_MS": "1000",
         "RECOVERY_LOG_LEVEL": "INFO",
         **extra,
@@ -185,9 +185,7 @@ class Crash:
 
     def wait_heartbeats(self, sessions: set[str]) -> None:
         """Every one of `sessions` gets a heartbeat from the current process."""
-        since = self.started_at
-
-        missing = set(sessions)
+        since, missing = self.started_at, set(sessions)
 
         def beaten() -> bool:
             calls = self.fake.calls("session_heartbeat")
@@ -196,7 +194,10 @@ class Crash:
             )
             return not missing
 
-        self.wait_for(beaten, f"heartbeats after the restart for {missing}", 10)
+        try:
+            self.wait_for(beaten, "heartbeats after the restart", 10)
+        except AssertionError as error:
+            raise AssertionError(f"sessions left without: {missing}; {error}") from None
 
 
 def check_history(
