@@ -111,13 +111,19 @@ class Child:
 def start_fake(log_dir: Path) -> Child:
     """The bundled fake Tinker in a process of its own."""
     args = command("fake-tinker", "--host", "127.0.0.1", "--port", "{port}")
-    child = Child("fake-tinker", args, log_dir, "/api/v1/healthz")
-    child.wait_ready()
-    return child
+    return _ready(Child("fake-tinker", args, log_dir, "/api/v1/healthz"))
 
 
 def start_service(name: str, log_dir: Path, env: Mapping[str, str]) -> Child:
     """`tinker-recovery serve` in a process of its own, ready to answer."""
-    child = Child(name, command("serve"), log_dir, "/readyz", env)
-    child.wait_ready()
+    return _ready(Child(name, command("serve"), log_dir, "/readyz", env))
+
+
+def _ready(child: Child) -> Child:
+    try:
+        child.wait_ready()
+    except BaseException:
+        child.process.kill()
+        child.process.wait(STOP_TIMEOUT_S)
+        raise
     return child
