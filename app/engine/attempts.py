@@ -120,17 +120,18 @@ class RecoveryDriver:
         return False
 
     async def advance(self, snap: Snapshot, attempt: Attempt) -> bool:
+        """Take the attempt's next step; False once the recovery has ended."""
         if attempt.status == AttemptStatus.selecting:
             return await self.select(snap, attempt)
         if attempt.status == AttemptStatus.restarting:
             await self.restart(snap.recovery, attempt)
-        elif attempt.status == AttemptStatus.waiting_trainer:
+            return True
+        if attempt.status == AttemptStatus.waiting_trainer:
             return await self.await_trainer(attempt)
-        elif attempt.status == AttemptStatus.verifying:
+        if attempt.status == AttemptStatus.verifying:
+            # Success ends the recovery and hands its claim back with it.
             await self.verify(attempt)
-        else:
-            return False
-        return True
+        return False
 
     def time_left(self, attempt: Attempt) -> float | None:
         """Seconds the attempt may still take, if it has a deadline."""
