@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 _keep_logs(Path(folder), args.out.parent / "logs")
-    report["machine"]["load_average_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+        # Written after each database, so that a run cut short keeps its figures.
+        report["machine"]["load_average_end"] = list(os.getloadavg())
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"written to {args.out}")
     return 0
