@@ -72,8 +72,8 @@ def test_stored_next_attempt_follows_the_schedule(
 ) -> None:
     seed(fake, RUN, "step-100", corrupted=True)
     fake.inject_fault("load_weights", status=503, count=2)
-    # 400 ms, then 800 ms capped to 600 ms; the third attempt succeeds.
-    policy = fast_policy(api, backoff_ms=400, max_backoff_ms=600, max_attempts=3)
+    # 600 ms, then 1200 ms capped to 900 ms; the third attempt succeeds.
+    policy = fast_policy(api, backoff_ms=600, max_backoff_ms=900, max_attempts=3)
     watch(api, RUN, policy)
 
     delays = {}
@@ -89,8 +89,8 @@ def test_stored_next_attempt_follows_the_schedule(
 
         delays[failed] = stored_delay_ms(wait_for(in_backoff))
 
-    assert delays[1] == pytest.approx(400, abs=5)
-    assert delays[2] == pytest.approx(600, abs=5)
+    assert delays[1] == pytest.approx(600, abs=5)
+    assert delays[2] == pytest.approx(900, abs=5)
     recovery = wait_recovery(api, RUN)
     assert recovery["status"] == "succeeded", recovery
     assert len(recovery["attempts"]) == 3
