@@ -265,8 +265,7 @@ class RecoveryDriver:
             row = await self.attempt_row(session, attempt.attempt)
             row.checkpoint_path = path
             row.fallbacks_left = len([c for c in older if c.tinker_path not in failed])
-            row.model_seq_id = attempt.attempt - 1
-            row.idempotency_key = uuid.uuid4().hex
+            await self.assign_restart_key(session, row)
             row.status = (
                 AttemptStatus.waiting_trainer if trainer else AttemptStatus.restarting
             )
@@ -277,6 +276,32 @@ class RecoveryDriver:
             if trainer:
                 await self.request_trainer_restart(session, recovery, row, snap)
         return not trainer
+
+    async def assign_restart_key(self, session: AsyncSession, row: Attempt) -> None:
+        """Give the attempt its model_seq_id and idempotency key, stored before use.
+
+        When the previous attempt sent the same restart but failed before it
+        learned whether Tinker acted (a dropped connection, a timeout), its key
+        is sent again: a load that had taken effect is then answered as before,
+        and no second run is created for one corruption.
+        """
+        previous = None
+        if row.attempt > 1:
+            previous = await session.get(Attempt, (self.recovery_id, row.attempt - 1))
+        if (
+            previous is not None
+            and previous.request_id is None
+            and previous.idempotency_key is not None
+            and previous.model_seq_id is not None
+            and (previous.error or {}).get("retryable")
+            and previous.checkpoint_path == row.checkpoint_path
+            and previous.restore_optimizer == row.restore_optimizer
+        ):
+            row.model_seq_id = previous.model_seq_id
+            row.idempotency_key = previous.idempotency_key
+            return
+        row.model_seq_id = row.attempt - 1
+        row.idempotency_key = uuid.uuid4().hex
 
     def choice(self, recovery: Recovery, policy: Policy) -> Choice:
         if recovery.checkpoint_path:

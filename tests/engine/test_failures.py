@@ -112,7 +112,10 @@ def test_retry_then_success(api: httpx.Client, fake: FakeTinkerControl) -> None:
     assert [first["checkpoint_path"], second["checkpoint_path"]] == [paths[1]] * 2
     loads = fake.calls("load_weights")
     assert [call.status for call in loads] == [503, 200]
-    assert loads[0].idempotency_key != loads[1].idempotency_key
+    # The 503 left it unknown whether Tinker acted: the same restart is sent
+    # again under the same key, so a load that did happen is not made twice.
+    assert loads[0].idempotency_key == loads[1].idempotency_key
+    assert loads[0].body["model_seq_id"] == loads[1].body["model_seq_id"]
 
     steps = steps_of(api, RUN)
     assert [e["type"] for e in steps] == [
@@ -233,3 +236,31 @@ def test_latest_is_read_afresh_at_each_attempt(
     chosen = [a["checkpoint_path"] for a in recovery["attempts"]]
     assert chosen == [paths[-1], newer]
     assert fake.run_state(recovery["new_run_id"]).loaded_from == newer
+
+
+def test_a_lost_restart_answer_makes_no_second_run(
+    api: httpx.Client, fake: FakeTinkerControl
+) -> None:
+    # Tinker creates the run, then the answer is lost on the way back.
+    fake.inject_fault("load_weights", after=True, drop_connection=True)
+    paths = corrupted(api, fake, "step-100", "step-200")
+
+    recovery = wait_recovery(api, RUN)
+    assert recovery["status"] == "succeeded", recovery
+    first, second = recovery["attempts"]
+    assert first["error"]["retryable"] is True
+    loads = fake.calls("load_weights")
+    assert len(loads) == 2
+    assert loads[0].idempotency_key == loads[1].idempotency_key
+    # The second send was answered with the first one's run: only one exists.
+    new_run = second["new_run_id"]
+    assert new_run.endswith(":train:0")
+    assert fake.run_state(new_run).loaded_from == paths[1]
+    sessions = {call.body["session_id"] for call in loads}
+    [session_id] = sessions
+    try:
+        fake.run_state(f"{session_id}:train:1")
+    except httpx.HTTPStatusError as error:
+        assert error.response.status_code == 404
+    else:
+        raise AssertionError("a second run was created for one corruption")
