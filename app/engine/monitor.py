@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import BindParameter, Update, bindparam, or_
@@ -98,7 +99,9 @@ class Monitor:
         self.batch_size = settings.poll_batch_size
         self.idle_s = settings.monitor_idle_ms / 1000
         self.limit = asyncio.Semaphore(settings.poll_concurrency)
-        self.inflight: set[asyncio.Task[None]] = set()
+        # Polls in flight, by run: a run whose last poll has not answered yet
+        # (Tinker slower than the interval) is not polled again meanwhile.
+        self.inflight: dict[str, asyncio.Task[None]] = {}
         self.results: list[PollResult] = []
         self.stopping = asyncio.Event()
         self.woken = asyncio.Event()
@@ -126,8 +129,8 @@ class Monitor:
         self.woken.set()
         await self.tasks[0]
         if self.inflight:
-            await asyncio.wait(self.inflight, timeout=5)
-        for task in self.inflight:
+            await asyncio.wait(self.inflight.values(), timeout=5)
+        for task in self.inflight.values():
             task.cancel()
         self.results_ready.set()
         await self.tasks[1]
@@ -169,13 +172,15 @@ class Monitor:
         async with transaction(self.ctx.sessions) as session:
             claimed = await claim_due_polls(session, utcnow(), limit)
         for due in claimed:
+            if due.run_id in self.inflight:
+                continue
             task = asyncio.create_task(self.poll(due))
-            self.inflight.add(task)
-            task.add_done_callback(self.poll_done)
+            self.inflight[due.run_id] = task
+            task.add_done_callback(partial(self.poll_done, due.run_id))
         return claimed
 
-    def poll_done(self, task: asyncio.Task[None]) -> None:
-        self.inflight.discard(task)
+    def poll_done(self, run_id: str, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(run_id, None)
         # Claim again once half of a batch has finished, not after every poll.
         if len(self.inflight) <= self.batch_size // 2:
             self.woken.set()
