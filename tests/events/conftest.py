@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,9 +24,9 @@ from app.events.store import append_event, set_notifier
 from app.storage.db import create_engine, session_factory, transaction
 from app.storage.migrate import upgrade
 from tests.events.service import build_app
+from tests.support.databases import POSTGRES_URL, need_postgres
 from tests.support.servers import ThreadedServer, serve
 
-POSTGRES_URL = os.environ.get("RECOVERY_TEST_POSTGRES_URL")
 POSTGRES_DATABASE = "recovery_events_test"
 
 
@@ -63,9 +62,8 @@ def migrated_url(
     if request.param == "sqlite":
         folder = tmp_path_factory.mktemp("events")
         url = f"sqlite+aiosqlite:///{folder}/events.db"
-    elif POSTGRES_URL is None:
-        pytest.skip("RECOVERY_TEST_POSTGRES_URL is not set")
     else:
+        need_postgres()
         asyncio.run(_recreate_postgres(POSTGRES_URL))
         ours = make_url(POSTGRES_URL).set(database=POSTGRES_DATABASE)
         url = ours.render_as_string(hide_password=False)

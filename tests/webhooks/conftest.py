@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,10 +17,10 @@ from sqlalchemy.engine import URL, make_url
 
 from app.storage.db import SessionFactory, create_engine, session_factory
 from app.storage.migrate import upgrade
+from tests.support.databases import POSTGRES_URL, need_postgres
 from tests.support.servers import serve
 from tests.webhooks.helpers import Receiver
 
-POSTGRES_ENV = "RECOVERY_TEST_POSTGRES_URL"
 DEFAULT_DB = "recovery_webhooks_test"
 CLEARED_TABLES = ("webhook_deliveries", "events")
 
@@ -37,10 +36,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A Postgres database of this test session's own, migrated, then dropped."""
-    configured = os.environ.get(POSTGRES_ENV)
-    if not configured:
-        pytest.skip(f"{POSTGRES_ENV} is not set")
-    url = make_url(configured)
+    need_postgres()
+    url = make_url(POSTGRES_URL)
     base = url.database if url.database not in (None, "postgres") else DEFAULT_DB
     # A name of our own, so concurrent test sessions never share a database.
     url = url.set(database=f"{base}_{uuid.uuid4().hex[:8]}")
