@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 
-STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Uvicorn adds a copy of each message with terminal colours: not for a log file.
+STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class KeyValueFormatter(logging.Formatter):
