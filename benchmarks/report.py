@@ -37,11 +37,13 @@ def database_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"poll lateness, {lag['watched_runs']:,} runs every "
             f"{lag['interval_ms'] / 1000:g} s, {lag['window_s']:.0f} s "
             f"({lag['polls']:,} polls)",
-            f"p50 {lag['lateness_p50_s'] * 1000:.0f} ms, p99 "
-            f"{lag['lateness_p99_s'] * 1000:.0f} ms (histogram p99 "
-            f"{lag['histogram_p99_s'] * 1000:.0f} ms); CPU "
-            f"{lag['service_cpu_percent']:.0f}%; registered "
-            f"{lag.get('registrations_per_s', math.nan):.0f}/s",
+            f"histogram p50 {lag['histogram_p50_s'] * 1000:,.0f} ms, p99 "
+            f"{lag['histogram_p99_s'] * 1000:,.0f} ms (call log p50 "
+            f"{lag['lateness_p50_s'] * 1000:,.0f} ms, p99 "
+            f"{lag['lateness_p99_s'] * 1000:,.0f} ms); CPU "
+            f"{lag['service_cpu_percent']:.0f}%; "
+            + _per_write(lag)
+            + f"registered {lag.get('registrations_per_s', math.nan):.0f}/s",
             "p99 < 1 s",
         )
     )
@@ -75,6 +77,12 @@ def database_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     )
     return rows
+
+
+def _per_write(lag: dict[str, Any]) -> str:
+    if "polls_per_write_transaction" not in lag:
+        return ""
+    return f"{lag['polls_per_write_transaction']:.0f} polls per write transaction; "
 
 
 def _ms_pair(p50: float | None, p99: float | None) -> str:

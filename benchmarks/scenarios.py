@@ -18,6 +18,7 @@ import aiohttp
 
 from benchmarks.databases import fresh_database
 from benchmarks.http import (
+    Samples,
     create_policy,
     metrics,
     parse_time,
@@ -30,10 +31,11 @@ from benchmarks.http import (
 )
 from benchmarks.procs import API_KEY, Child, start_service
 from benchmarks.profiles import Profile
-from benchmarks.stats import counter_total, histogram, quantile
+from benchmarks.stats import counter_total, histogram, quantile, sample_sum
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENESS = "recovery_poll_lateness_seconds"
+BATCH = "recovery_poll_write_batch_size"
 
 
 @dataclass
@@ -181,6 +183,7 @@ async def _lag(bench: Bench, service: Child) -> dict[str, Any]:
             "histogram_p50_s": hist.quantile(0.5),
             "histogram_p99_s": hist.quantile(0.99),
             "service_cpu_percent": window["cpu_percent"],
+            "polls_per_write_transaction": window["polls_per_write"],
         },
         "dispatch": _dispatch(calls, events, corrupted),
         "memory": {
@@ -216,7 +219,15 @@ async def _watch(
         "rss_mib": service.rss_mib(),
         "rss_max_mib": rss_max,
         "histogram": histogram(after, LATENESS).minus(histogram(before, LATENESS)),
+        "polls_per_write": _mean_change(before, after, BATCH),
     }
+
+
+def _mean_change(before: Samples, after: Samples, name: str) -> float:
+    """The mean of a histogram's observations between two readings."""
+    count = sample_sum(after, f"{name}_count") - sample_sum(before, f"{name}_count")
+    total = sample_sum(after, f"{name}_sum") - sample_sum(before, f"{name}_sum")
+    return total / count if count else 0.0
 
 
 async def _corrupt(

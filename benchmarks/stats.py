@@ -71,7 +71,14 @@ def counter_total(
     samples: dict[str, list[tuple[dict[str, str], float]]], name: str
 ) -> float:
     """The sum of a counter over all its labels."""
-    return sum(value for _, value in samples.get(f"{name}_total", []))
+    return sample_sum(samples, f"{name}_total")
+
+
+def sample_sum(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str
+) -> float:
+    """The sum of the samples of one name over all their labels."""
+    return sum(value for _, value in samples.get(name, []))
 
 
 def histogram(
