@@ -64,6 +64,11 @@ class PolicyExists(ServiceError):
     code = "policy_exists"
 
 
+class Unavailable(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+
 class StaleAttempt(ServiceError):
     status_code = 409
     code = "stale_attempt"

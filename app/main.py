@@ -14,7 +14,7 @@ from app.api.deps import require_token
 from app.api.responses import errors
 from app.config import Settings
 from app.engine.assembly import start_background
-from app.errors import Unauthorized
+from app.errors import Unauthorized, Unavailable
 from app.runtime import Runtime
 from app.storage.db import create_engine, read_session_factory, session_factory
 from app.storage.migrate import upgrade_async
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     handlers.install(app)
-    unauthorized = errors(Unauthorized)
+    unauthorized = errors(Unauthorized, Unavailable)
     app.include_router(health.router)
     app.include_router(policies.router, responses=unauthorized)
     app.include_router(runs.router, responses=unauthorized)

@@ -36,7 +36,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    # No lock timeout: a replica waits for another's migration however long.
+    url = config.get_main_option("sqlalchemy.url") or ""
+    engine = create_engine(url, lock_timeout_ms=None)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

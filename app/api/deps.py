@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.config import Settings
 from app.errors import RunNotFound, Unauthorized
 from app.runtime import Runtime
+from app.storage.db import transaction
 from app.storage.models import Run
 
 
@@ -37,7 +38,7 @@ async def get_session(
     """One transaction per request: committed when the route returns."""
     reads_only = request.method in ("GET", "HEAD")
     sessions = runtime.read_sessions if reads_only else runtime.sessions
-    async with sessions() as session, session.begin():
+    async with transaction(sessions) as session:
         yield session
 
 

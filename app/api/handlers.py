@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from app.errors import ServiceError
+from app.errors import ServiceError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,17 @@ async def on_http_error(_request: Request, error: Exception) -> JSONResponse:
     return error_response(error.status_code, code, error.detail, error.headers)
 
 
+async def on_database_busy(_request: Request, error: Exception) -> JSONResponse:
+    # A lock wait that timed out, or a database that went away: nothing was
+    # written, and the same request may simply be sent again.
+    logger.warning(
+        "request.database_unavailable", extra={"error": type(error).__name__}
+    )
+    busy = Unavailable("the database is busy or unreachable; try again")
+    headers = {"Retry-After": "1"}
+    return error_response(busy.status_code, busy.code, busy.detail, headers)
+
+
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     logger.exception(
         "request.failed", extra={"path": request.url.path, "method": request.method}
@@ -77,4 +89,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(OperationalError, on_database_busy)
     app.add_exception_handler(Exception, on_unexpected_error)

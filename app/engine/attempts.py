@@ -27,7 +27,7 @@ from app.engine.commands import cancel_recovery, register_run
 from app.engine.context import EngineContext
 from app.events.store import append_event
 from app.metrics import RECOVERIES
-from app.storage.db import on_commit
+from app.storage.db import on_commit, transaction
 from app.storage.models import (
     Attempt,
     AttemptStatus,
@@ -178,7 +178,7 @@ class RecoveryDriver:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[tuple[AsyncSession, Recovery]]:
         """A transaction that commits only while the claim is still ours."""
-        async with self.ctx.sessions() as session, session.begin():
+        async with transaction(self.ctx.sessions) as session:
             recovery = await self.claimed(session)
             yield session, recovery
 

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "tinker_recovery_read_only"
+LOCK_TIMEOUT_MS = 15_000
+IDLE_IN_TRANSACTION_MS = 60_000
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Create the async engine for `url`: aiosqlite or asyncpg."""
+def create_engine(
+    url: str, *, pool_size: int = 10, lock_timeout_ms: int | None = LOCK_TIMEOUT_MS
+) -> AsyncEngine:
+    """Create the async engine for `url`: aiosqlite or asyncpg.
+
+    On Postgres, a wait for a lock longer than `lock_timeout_ms` fails rather
+    than hangs, and a connection left idle inside a transaction is closed by
+    the server: either way the work is retried, and nothing stalls for good.
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -26,8 +38,18 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
+    server_settings = {
+        "application_name": "tinker-recovery",
+        "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+    }
+    if lock_timeout_ms is not None:
+        server_settings["lock_timeout"] = str(lock_timeout_ms)
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": server_settings},
     )
 
 
@@ -62,10 +84,35 @@ def read_session_factory(engine: AsyncEngine) -> SessionFactory:
     return session_factory(engine.execution_options(**{READ_ONLY: True}))
 
 
+_write_locks: WeakKeyDictionary[Engine, asyncio.Lock] = WeakKeyDictionary()
+
+
+def _write_lock(sessions: SessionFactory) -> asyncio.Lock | None:
+    """The in-process queue of SQLite writers; None where none is needed."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "sqlite":
+        return None
+    if bind.sync_engine.get_execution_options().get(READ_ONLY):
+        return None
+    # Options engines share their parent's pool, and so its queue.
+    engine = getattr(bind.sync_engine, "_proxied", bind.sync_engine)
+    lock = _write_locks.get(engine)
+    if lock is None:
+        lock = _write_locks[engine] = asyncio.Lock()
+    return lock
+
+
 @asynccontextmanager
 async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
-    """A session whose work commits on success and rolls back on error."""
-    async with sessions() as session, session.begin():
+    """A session whose work commits on success and rolls back on error.
+
+    SQLite writers of one process queue here, first come first served: left to
+    SQLite's busy handler, which retries at random, a writer can lose round
+    after round to the others until its busy timeout runs out.
+    """
+    lock = _write_lock(sessions)
+    queue = lock or contextlib.nullcontext()
+    async with queue, sessions() as session, session.begin():
         yield session
 
 
