@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 FLUSH_AFTER_S = 0.02
 FLUSH_AT = 500
+RECORD_TIMEOUT_S = 30.0
 
 runs_table = Run.__table__  # type: ignore[attr-defined]
 
@@ -221,14 +222,20 @@ class Monitor:
             if batch:
                 await self.record(batch)
 
+    async def write_batch(self, batch: list[PollResult]) -> None:
+        async with transaction(self.ctx.sessions) as session:
+            await record_polls(session, batch)
+            if any(result.corrupted for result in batch):
+                on_commit(session, self.ctx.wake_workers)
+
     async def record(self, batch: list[PollResult]) -> None:
         try:
-            async with transaction(self.ctx.sessions) as session:
-                await record_polls(session, batch)
-                if any(result.corrupted for result in batch):
-                    on_commit(session, self.ctx.wake_workers)
+            # A write that hangs must not stop every later poll from being
+            # recorded: past the limit it is abandoned, and its runs are polled
+            # again at their next interval like after any failed write.
+            async with asyncio.timeout(RECORD_TIMEOUT_S):
+                await self.write_batch(batch)
         except Exception:
-            # The runs are polled again at their next interval.
             logger.exception("monitor.record_failed", extra={"polls": len(batch)})
             return
         POLL_BATCH.observe(len(batch))
