@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from app.demo import free_port
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The fake accepts any `tml-` key when it was given none of its own.
 API_KEY = "tml-benchmark"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def command(*args: str) -> list[str]:

@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FAILURES = frozenset(
     {"bad_request", "not_found", "invalid_request", "load_failed", "checkpoint_expired"}
 )
-TRAINER_POLL_S = 0.5
 
 
 class ClaimLost(Exception):
@@ -67,6 +66,10 @@ class AttemptFailed(Exception):
     @classmethod
     def from_tinker(cls, error: TinkerError) -> AttemptFailed:
         return cls(error.code, error.message, error.retryable)
+
+    @classmethod
+    def timed_out(cls) -> AttemptFailed:
+        return cls("attempt_timeout", "the attempt outlived attempt_timeout_ms", True)
 
 
 @dataclass
@@ -106,9 +109,7 @@ class RecoveryDriver:
                 return await self.begin_attempt(snap)
             left = self.time_left(attempt)
             if left is not None and left <= 0:
-                raise AttemptFailed(
-                    "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
-                )
+                raise AttemptFailed.timed_out()
             async with self.deadline(left):
                 return await self.advance(snap, attempt)
         except AttemptFailed as failure:
@@ -151,9 +152,7 @@ class RecoveryDriver:
             async with asyncio.timeout(None if left is None else max(left, 0.0)):
                 yield
         except TimeoutError as error:
-            raise AttemptFailed(
-                "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
-            ) from error
+            raise AttemptFailed.timed_out() from error
 
     # Reading and writing under the claim
 
@@ -360,9 +359,7 @@ class RecoveryDriver:
             # of time here is the attempt timing out, whichever timer fired.
             if error.code != "timeout":
                 raise
-            raise AttemptFailed(
-                "attempt_timeout", "the attempt outlived attempt_timeout_ms", True
-            ) from error
+            raise AttemptFailed.timed_out() from error
         new_run_id = self.ctx.tinker.new_run_id(
             session_id, attempt.model_seq_id, result
         )
