@@ -12,7 +12,19 @@ def _fmt(value: float, digits: int = 0) -> str:
 
 def database_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, measured, target) rows of one database's results."""
-    t = result["throughput"]
+    rows: list[tuple[str, str, str]] = []
+    if "throughput" in result:
+        rows += _throughput_rows(result["throughput"])
+    if "lag" in result:
+        rows += [_lag_row(result["lag"]), _dispatch_row(result["dispatch"])]
+    if "fanout" in result:
+        rows.append(_fanout_row(result["fanout"]))
+    if "memory" in result:
+        rows.append(_memory_row(result["memory"]))
+    return rows
+
+
+def _throughput_rows(t: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [
         (
             f"bare aiohttp loop, concurrency {t['poll_concurrency']}",
@@ -31,52 +43,52 @@ def database_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 ">= 700 polls/s, ratio >= 0.5",
             )
         )
-    lag = result["lag"]
-    rows.append(
-        (
-            f"poll lateness, {lag['watched_runs']:,} runs every "
-            f"{lag['interval_ms'] / 1000:g} s, {lag['window_s']:.0f} s "
-            f"({lag['polls']:,} polls)",
-            f"histogram p50 {lag['histogram_p50_s'] * 1000:,.0f} ms, p99 "
-            f"{lag['histogram_p99_s'] * 1000:,.0f} ms (call log p50 "
-            f"{lag['lateness_p50_s'] * 1000:,.0f} ms, p99 "
-            f"{lag['lateness_p99_s'] * 1000:,.0f} ms); CPU "
-            f"{lag['service_cpu_percent']:.0f}%; "
-            + _per_write(lag)
-            + f"registered {lag.get('registrations_per_s', math.nan):.0f}/s",
-            "p99 < 1 s",
-        )
-    )
-    d = result["dispatch"]
-    rows.append(
-        (
-            f"corrupted poll -> started, {d['measured']}/{d['corruptions']} runs",
-            _ms_pair(d["poll_to_started_p50_ms"], d["poll_to_started_p99_ms"])
-            + " (from `detected`: "
-            + _ms_pair(d["detected_to_started_p50_ms"], d["detected_to_started_p99_ms"])
-            + ")",
-            "p99 < 100 ms",
-        )
-    )
-    f = result["fanout"]
-    rows.append(
-        (
-            f"event -> {f['subscribers']:,} SSE subscribers, {f['events']} events "
-            f"({f['deliveries']:,}/{f['expected_deliveries']:,} delivered)",
-            f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms; "
-            f"{f['rss_per_subscriber_kib']:.0f} KiB per subscriber",
-            "p99 < 250 ms",
-        )
-    )
-    m = result["memory"]
-    rows.append(
-        (
-            f"service RSS, {m['watched_runs']:,} watched runs",
-            f"{m['rss_mib']:.0f} MiB (max {m['rss_max_mib']:.0f} MiB)",
-            "< 300 MiB",
-        )
-    )
     return rows
+
+
+def _lag_row(lag: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"poll lateness, {lag['watched_runs']:,} runs every "
+        f"{lag['interval_ms'] / 1000:g} s, {lag['window_s']:.0f} s "
+        f"({lag['polls']:,} polls)",
+        f"histogram p50 {lag['histogram_p50_s'] * 1000:,.0f} ms, p99 "
+        f"{lag['histogram_p99_s'] * 1000:,.0f} ms (call log p50 "
+        f"{lag['lateness_p50_s'] * 1000:,.0f} ms, p99 "
+        f"{lag['lateness_p99_s'] * 1000:,.0f} ms); CPU "
+        f"{lag['service_cpu_percent']:.0f}%; "
+        + _per_write(lag)
+        + f"registered {lag.get('registrations_per_s', math.nan):.0f}/s",
+        "p99 < 1 s",
+    )
+
+
+def _dispatch_row(d: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"corrupted poll -> started, {d['measured']}/{d['corruptions']} runs",
+        _ms_pair(d["poll_to_started_p50_ms"], d["poll_to_started_p99_ms"])
+        + " (from `detected`: "
+        + _ms_pair(d["detected_to_started_p50_ms"], d["detected_to_started_p99_ms"])
+        + ")",
+        "p99 < 100 ms",
+    )
+
+
+def _fanout_row(f: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"event -> {f['subscribers']:,} SSE subscribers, {f['events']} events "
+        f"({f['deliveries']:,}/{f['expected_deliveries']:,} delivered)",
+        f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms; "
+        f"{f['rss_per_subscriber_kib']:.0f} KiB per subscriber",
+        "p99 < 250 ms",
+    )
+
+
+def _memory_row(m: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"service RSS, {m['watched_runs']:,} watched runs",
+        f"{m['rss_mib']:.0f} MiB (max {m['rss_max_mib']:.0f} MiB)",
+        "< 300 MiB",
+    )
 
 
 def _per_write(lag: dict[str, Any]) -> str:

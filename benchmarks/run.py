@@ -43,23 +43,33 @@ def machine() -> dict[str, Any]:
     }
 
 
+PARTS = ("throughput", "lag", "fanout")
+
+
 def run_database(
-    profile: Profile, database: str, folder: Path, log: Callable[[str], None]
+    profile: Profile,
+    database: str,
+    folder: Path,
+    log: Callable[[str], None],
+    parts: tuple[str, ...] = PARTS,
 ) -> dict[str, Any]:
-    """Every part of the benchmark on one kind of database."""
+    """The chosen parts of the benchmark on one kind of database."""
     fake = start_fake(folder)
     try:
         run_ids = [f"bench-run-{i}:train:0" for i in range(profile.fake_runs)]
         log(f"[{database}] seeding {len(run_ids)} runs on the fake")
         seeded_s = seed_fake(fake, run_ids)
         bench = Bench(profile, fake, database, folder, run_ids)
-        log(f"[{database}] poll throughput")
         result: dict[str, Any] = {"fake_seed_s": seeded_s}
-        result["throughput"] = throughput(bench)
-        log(f"[{database}] poll lag, dispatch, memory")
-        result.update(lag(bench))
-        log(f"[{database}] fan-out")
-        result["fanout"] = fanout(bench)
+        if "throughput" in parts:
+            log(f"[{database}] poll throughput")
+            result["throughput"] = throughput(bench)
+        if "lag" in parts:
+            log(f"[{database}] poll lag, dispatch, memory")
+            result.update(lag(bench))
+        if "fanout" in parts:
+            log(f"[{database}] fan-out")
+            result["fanout"] = fanout(bench)
         return result
     finally:
         fake.stop()
@@ -71,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database", choices=("sqlite", "postgres", "both"), default="both"
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"which parts, comma-separated (default: {','.join(PARTS)})",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+    if not parts or any(part not in PARTS for part in parts):
+        parser.error(f"--parts takes some of: {', '.join(PARTS)}")
     profile = SMOKE if args.smoke else FULL
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     if "postgres" in kinds and not postgres_available():
@@ -92,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as folder:
             try:
                 report["databases"][kind] = run_database(
-                    profile, kind, Path(folder), log
+                    profile, kind, Path(folder), log, parts
                 )
             finally:
                 _keep_logs(Path(folder), args.out.parent / "logs")
