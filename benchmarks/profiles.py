@@ -25,6 +25,7 @@ class Profile:
     subscriber_processes: int
     fanout_events: int
     fanout_spacing_s: float
+    fanout_warmup: int = 5
     dispatch_wait_s: float = 30.0
     max_concurrent: int = 16
 
@@ -69,6 +70,7 @@ SMOKE = Profile(
     subscriber_processes=2,
     fanout_events=5,
     fanout_spacing_s=0.1,
+    fanout_warmup=1,
     dispatch_wait_s=5.0,
     max_concurrent=4,
 )

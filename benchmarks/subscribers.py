@@ -28,8 +28,9 @@ class Streams:
     def __init__(self, url: str, count: int) -> None:
         self.url = url
         self.count = count
-        self.delays: list[float] = []
-        self.ids: list[int] = []
+        # Arrival times and payloads, parsed only once the streams end, so
+        # that timing one arrival does not delay the next.
+        self.arrivals: list[tuple[float, bytes]] = []
         self.failed = 0
         self.opened = 0
         self.all_open = asyncio.Event()
@@ -52,10 +53,15 @@ class Streams:
             self.all_open.set()
 
     def arrived(self, payload: bytes) -> None:
-        now = time.time()
-        event = json.loads(payload)
-        self.delays.append(now - parse_time(event["time"]))
-        self.ids.append(int(event["id"]))
+        self.arrivals.append((time.time(), payload))
+
+    def found(self) -> dict[str, Any]:
+        delays, ids = [], []
+        for at, payload in self.arrivals:
+            event = json.loads(payload)
+            delays.append(at - parse_time(event["time"]))
+            ids.append(int(event["id"]))
+        return {"delays_s": delays, "ids": ids, "failed": self.failed}
 
 
 async def wait_for_stop() -> None:
@@ -78,7 +84,7 @@ async def main(url: str, count: int) -> dict[str, Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"delays_s": streams.delays, "ids": streams.ids, "failed": streams.failed}
+    return streams.found()
 
 
 if __name__ == "__main__":
