@@ -53,7 +53,7 @@ async def start_background(runtime: Runtime, stack: AsyncExitStack) -> None:
         wake_webhooks=webhooks.notify,
     )
     workers = WorkerPool(ctx)
-    monitor = Monitor(ctx)
+    monitor = Monitor(ctx, workers)
     ctx.wake_workers = runtime.wake_workers = workers.wake
     ctx.wake_monitor = runtime.wake_monitor = monitor.wake
     runtime.workers_running = lambda: workers.running and monitor.running

@@ -210,36 +210,8 @@ class RecoveryDriver:
                 await cancel_recovery(session, recovery, "the run is no longer watched")
                 await self.release_run(session, recovery, RunStatus.stopped)
                 return False
-            number = recovery.attempt_count + 1
-            now = utcnow()
-            recovery.attempt_count = number
-            recovery.updated_at = now
-            recovery.session_key = recovery.session_key or uuid.uuid4().hex
-            session.add(
-                Attempt(
-                    recovery_id=recovery.id,
-                    attempt=number,
-                    status=AttemptStatus.selecting,
-                    restore_optimizer=self.restore_optimizer(recovery, policy),
-                    deadline=now + timedelta(milliseconds=policy.attempt_timeout_ms),
-                    started_at=now,
-                )
-            )
-            await self.event(
-                session,
-                recovery,
-                "started",
-                number,
-                {"restart_mode": policy.restart_mode},
-            )
-        logger.info("recovery.attempt_started", extra={**self.log, "attempt": number})
+            await open_attempt(session, recovery, policy)
         return True
-
-    @staticmethod
-    def restore_optimizer(recovery: Recovery, policy: Policy) -> bool:
-        if recovery.restore_optimizer is not None:
-            return recovery.restore_optimizer
-        return policy.restore_optimizer
 
     async def select(self, snap: Snapshot, attempt: Attempt) -> bool:
         """Choose the checkpoint and store what the restart will need."""
@@ -666,3 +638,36 @@ async def current_attempt(session: AsyncSession, recovery: Recovery) -> Attempt 
     if recovery.attempt_count == 0:
         return None
     return await session.get(Attempt, (recovery.id, recovery.attempt_count))
+
+
+async def open_attempt(
+    session: AsyncSession, recovery: Recovery, policy: Policy
+) -> int:
+    """Open the recovery's next attempt, with its `started` event; its number."""
+    number = recovery.attempt_count + 1
+    now = utcnow()
+    recovery.attempt_count = number
+    recovery.updated_at = now
+    recovery.session_key = recovery.session_key or uuid.uuid4().hex
+    restore = recovery.restore_optimizer
+    session.add(
+        Attempt(
+            recovery_id=recovery.id,
+            attempt=number,
+            status=AttemptStatus.selecting,
+            restore_optimizer=policy.restore_optimizer if restore is None else restore,
+            deadline=now + timedelta(milliseconds=policy.attempt_timeout_ms),
+            started_at=now,
+        )
+    )
+    await append_event(
+        session,
+        "started",
+        recovery.run_id,
+        recovery_id=recovery.id,
+        attempt=number,
+        data={"restart_mode": policy.restart_mode},
+    )
+    log = {"recovery_id": recovery.id, "attempt": number}
+    logger.info("recovery.attempt_started", extra=log)
+    return number

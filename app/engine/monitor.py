@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -15,14 +15,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.engine.attempts import open_attempt
 from app.engine.commands import queue_recovery
 from app.engine.context import EngineContext
+from app.engine.workers import WorkerPool
 from app.errors import AlreadyPending
 from app.events.store import append_event
 from app.metrics import POLL_BATCH, POLL_LATENESS, POLLS
 from app.storage.claims import DuePoll, claim_due_polls, next_poll_due
 from app.storage.db import on_commit, transaction
-from app.storage.models import Policy, Run, RunStatus
+from app.storage.models import Policy, Recovery, RecoveryStatus, Run, RunStatus
 from app.storage.types import utcnow
 from app.tinker.errors import TinkerError
 from app.tinker.types import TrainingRun
@@ -91,11 +93,52 @@ class PollResult:
         return self.run.last_checkpoint.tinker_path
 
 
+@dataclass
+class Handoffs:
+    """Recoveries claimed for the local worker pool as they are detected.
+
+    A corrupted run whose recovery finds a free worker slot has it claimed
+    and its first attempt opened in the transaction that records the poll,
+    and is driven as soon as that commits: the detection neither waits for
+    the pool to look for work nor takes further transactions to start.
+    """
+
+    pool: WorkerPool | None
+    claimed: list[tuple[str, str]] = field(default_factory=list)
+
+    async def claim(
+        self, session: AsyncSession, recovery: Recovery, policy: Policy
+    ) -> None:
+        token = self.pool.reserve() if self.pool is not None else None
+        if token is None:
+            return
+        assert self.pool is not None
+        self.claimed.append((recovery.id, token))
+        now = utcnow()
+        recovery.status = RecoveryStatus.running
+        recovery.claim_token = token
+        recovery.lease_until = now + self.pool.lease
+        recovery.updated_at = now
+        await open_attempt(session, recovery, policy)
+
+    def settle(self, *, committed: bool) -> None:
+        """Drive what was claimed, or give the slots back if nothing was."""
+        if self.pool is None:
+            return
+        for recovery_id, token in self.claimed:
+            if committed:
+                self.pool.adopt(recovery_id, token)
+            else:
+                self.pool.unreserve()
+        self.claimed.clear()
+
+
 class Monitor:
     """Claims due runs, polls them concurrently, and records the results."""
 
-    def __init__(self, ctx: EngineContext) -> None:
+    def __init__(self, ctx: EngineContext, workers: WorkerPool | None = None) -> None:
         self.ctx = ctx
+        self.workers = workers
         settings = ctx.settings
         self.batch_size = settings.poll_batch_size
         self.idle_s = settings.monitor_idle_ms / 1000
@@ -223,10 +266,18 @@ class Monitor:
                 await self.record(batch)
 
     async def write_batch(self, batch: list[PollResult]) -> None:
-        async with transaction(self.ctx.sessions) as session:
-            await record_polls(session, batch)
-            if any(result.corrupted for result in batch):
-                on_commit(session, self.ctx.wake_workers)
+        handoffs = Handoffs(self.workers)
+        committed = False
+        try:
+            async with transaction(self.ctx.sessions) as session:
+                await record_polls(session, batch, handoffs)
+                if any(result.corrupted for result in batch):
+                    on_commit(session, self.ctx.wake_workers)
+            committed = True
+        finally:
+            # A commit that failed or was cut short may still have landed:
+            # those claims then lapse with their leases and are taken again.
+            handoffs.settle(committed=committed)
 
     async def record(self, batch: list[PollResult]) -> None:
         try:
@@ -244,8 +295,14 @@ class Monitor:
             POLLS.labels("corrupted" if result.corrupted else outcome).inc()
 
 
-async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
-    """Store a batch of poll results; corrupted runs get a queued recovery."""
+async def record_polls(
+    session: AsyncSession, batch: list[PollResult], handoffs: Handoffs | None = None
+) -> None:
+    """Store a batch of poll results; corrupted runs get a recovery.
+
+    With `handoffs`, a recovery is claimed for the local pool while it has
+    free slots; otherwise it is queued for whichever worker claims it first.
+    """
     # Every run row is locked, in one order, before the first event takes the
     # event lock: no transaction then holds that lock while it waits for a
     # run that another holds while waiting for the lock (a deadlock).
@@ -278,7 +335,7 @@ async def record_polls(session: AsyncSession, batch: list[PollResult]) -> None:
                 extra={"run_id": result.run_id, "code": result.error["code"]},
             )
         elif result.corrupted:
-            await detect(session, result)
+            await detect(session, result, handoffs)
 
 
 async def lock_runs(session: AsyncSession, run_ids: list[str]) -> None:
@@ -291,7 +348,9 @@ async def lock_runs(session: AsyncSession, run_ids: list[str]) -> None:
     )
 
 
-async def detect(session: AsyncSession, result: PollResult) -> None:
+async def detect(
+    session: AsyncSession, result: PollResult, handoffs: Handoffs | None = None
+) -> None:
     """Queue a recovery of a corrupted run, with its `detected` event."""
     run = await session.get(Run, result.run_id, with_for_update=True)
     if run is None or run.status != RunStatus.monitoring:
@@ -309,7 +368,7 @@ async def detect(session: AsyncSession, result: PollResult) -> None:
     run.last_error = None
     try:
         async with session.begin_nested():
-            await queue_recovery(
+            recovery = await queue_recovery(
                 session, run, "detected", detected_checkpoint=result.checkpoint_path()
             )
     except (IntegrityError, AlreadyPending):
@@ -317,3 +376,5 @@ async def detect(session: AsyncSession, result: PollResult) -> None:
         await session.refresh(run)
         return
     logger.info("monitor.corruption_detected", extra={"run_id": run.run_id})
+    if handoffs is not None:
+        await handoffs.claim(session, recovery, policy)

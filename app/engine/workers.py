@@ -33,6 +33,9 @@ class WorkerPool:
         self.idle_s = settings.monitor_idle_ms / 1000
         self.grace_s = settings.shutdown_grace_ms / 1000
         self.active: dict[str, asyncio.Task[None]] = {}
+        # Slots promised to recoveries claimed for this pool in a transaction
+        # that has not ended yet (see `reserve`).
+        self.reserved = 0
         self.stopping = asyncio.Event()
         self.woken = asyncio.Event()
         self.loop_task: asyncio.Task[None] | None = None
@@ -93,8 +96,34 @@ class WorkerPool:
             return None
         return None if when is None else (when - utcnow()).total_seconds()
 
+    def reserve(self) -> str | None:
+        """A claim token for a recovery handed straight to this pool, if one fits.
+
+        The caller claims the recovery with the token in its own transaction,
+        then calls `adopt` once that has committed, or `unreserve` if it
+        did not. A claim whose adoption never comes (the process died) lapses
+        with its lease like any other.
+        """
+        busy = len(self.active) + self.reserved
+        if self.stopping.is_set() or busy >= self.max_concurrent:
+            return None
+        self.reserved += 1
+        return str(uuid.uuid4())
+
+    def unreserve(self) -> None:
+        """Give back a slot whose recovery was not claimed after all."""
+        self.reserved -= 1
+
+    def adopt(self, recovery_id: str, token: str) -> None:
+        """Drive a recovery claimed for this pool under a token from `reserve`."""
+        self.reserved -= 1
+        self.launch(recovery_id, token)
+
+    def launch(self, recovery_id: str, token: str) -> None:
+        self.active[recovery_id] = asyncio.create_task(self.drive(recovery_id, token))
+
     async def claim(self) -> int:
-        free = self.max_concurrent - len(self.active)
+        free = self.max_concurrent - len(self.active) - self.reserved
         if free <= 0:
             return 0
         # A token per claim, not per pool: when this pool takes back a
@@ -104,8 +133,7 @@ class WorkerPool:
         async with transaction(self.ctx.sessions) as session:
             ids = await claim_due_recoveries(session, utcnow(), free, token, self.lease)
         for recovery_id in ids:
-            task = asyncio.create_task(self.drive(recovery_id, token))
-            self.active[recovery_id] = task
+            self.launch(recovery_id, token)
         return len(ids)
 
     async def drive(self, recovery_id: str, token: str) -> None:
