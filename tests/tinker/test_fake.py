@@ -1,11 +1,16 @@
 """The fake Tinker's own rules and its control endpoints."""
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
+from app.tinker import fake as fake_app
 from app.tinker.fake import create_fake_tinker_app
 from app.tinker.fake_control import FakeTinkerControl
 from app.tinker.fake_state import FakeSettings
@@ -290,3 +295,37 @@ def test_keys_when_configured_only_that_one() -> None:
         ]
 
     assert statuses == [200, 401]
+
+
+def test_a_fault_plays_before_the_key_is_checked(
+    fake: FakeTinkerControl, fake_server: ThreadedServer
+) -> None:
+    fake.inject_fault("healthz", status=503)
+    url = f"{fake_server.url}/api/v1/healthz"
+
+    statuses = [httpx.get(url).status_code for _ in range(2)]
+
+    assert statuses == [503, 401]
+    calls = fake.calls("healthz")
+    assert [(c.status, c.fault) for c in calls] == [(503, True), (401, False)]
+
+
+def test_every_handler_and_dependency_is_a_coroutine() -> None:
+    # A plain `def` would run in the thread pool, on every call.
+    def calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+        if dependant.call is not None:
+            yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    routes = [
+        route
+        for route in [*fake_app.api_router.routes, *fake_app.control_router.routes]
+        if isinstance(route, APIRoute)
+    ]
+    found = [call for route in routes for call in calls(route.dependant)]
+    found.append(fake_app._api_checks)
+
+    assert len(routes) == 29
+    blocking = {c.__name__ for c in found if not inspect.iscoroutinefunction(c)}
+    assert blocking == set()
