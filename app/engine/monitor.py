@@ -10,7 +10,17 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import BindParameter, Update, bindparam, or_
+from sqlalchemy import (
+    BindParameter,
+    DateTime,
+    String,
+    Update,
+    bindparam,
+    column,
+    func,
+    or_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -22,7 +32,7 @@ from app.engine.workers import WorkerPool
 from app.errors import AlreadyPending
 from app.events.store import append_event
 from app.metrics import POLL_BATCH, POLL_LATENESS, POLLS
-from app.storage.claims import DuePoll, claim_due_polls, next_poll_due
+from app.storage.claims import DuePoll, claim_due_polls, is_postgres, next_poll_due
 from app.storage.db import on_commit, transaction
 from app.storage.models import Policy, Recovery, RecoveryStatus, Run, RunStatus
 from app.storage.types import utcnow
@@ -65,8 +75,82 @@ def poll_writer(*, saw_run: bool) -> Update:
     return statement
 
 
+def batch_writer(*, saw_run: bool) -> Update:
+    """Postgres: every poll result of a batch in one statement, from arrays.
+
+    An executemany is one prepared statement run once per row, and Postgres
+    may keep a generic plan for it that was chosen while the table was small:
+    one that finds the row through the status index and so reads every
+    watched run for each row written. Joined from arrays, a batch costs at
+    most one pass over the table, whatever the plan.
+    """
+    polls = (
+        func.unnest(
+            bindparam("b_run_ids", type_=ARRAY(String)),
+            bindparam("b_ats", type_=ARRAY(DateTime(timezone=True))),
+            bindparam("b_errors", type_=ARRAY(JSONB)),
+            bindparam("b_checkpoints", type_=ARRAY(JSONB)),
+        )
+        .table_valued(
+            column("run_id", String),
+            column("at", DateTime(timezone=True)),
+            column("error", JSONB),
+            column("checkpoint", JSONB),
+        )
+        .render_derived(name="polls")
+    )
+    values: dict[str, Any] = {
+        "last_polled_at": polls.c.at,
+        "updated_at": polls.c.at,
+        "last_error": polls.c.error,
+    }
+    if saw_run:
+        values["last_checkpoint"] = polls.c.checkpoint
+    statement: Update = (
+        runs_table.update()
+        .where(
+            runs_table.c.run_id == polls.c.run_id,
+            runs_table.c.status == RunStatus.monitoring.value,
+            or_(
+                runs_table.c.last_polled_at.is_(None),
+                runs_table.c.last_polled_at <= polls.c.at,
+            ),
+        )
+        .values(**values)
+    )
+    return statement
+
+
 RECORD_POLL = poll_writer(saw_run=True)
 RECORD_POLL_ERROR = poll_writer(saw_run=False)
+RECORD_POLLS = batch_writer(saw_run=True)
+RECORD_POLL_ERRORS = batch_writer(saw_run=False)
+
+
+async def write_polls(
+    session: AsyncSession, params: list[dict[str, Any]], *, saw_run: bool
+) -> None:
+    """Store the outcome of polls that saw their run (or failed to)."""
+    if not params:
+        return
+    if not is_postgres(session):
+        await session.exec(RECORD_POLL if saw_run else RECORD_POLL_ERROR, params=params)
+        return
+    # One row per run: of two polls of a run in a batch, the later one wins,
+    # as it would row by row.
+    newest: dict[str, dict[str, Any]] = {}
+    for row in params:
+        kept = newest.get(row["b_run_id"])
+        if kept is None or kept["b_at"] <= row["b_at"]:
+            newest[row["b_run_id"]] = row
+    rows = list(newest.values())
+    arrays = {
+        "b_run_ids": [row["b_run_id"] for row in rows],
+        "b_ats": [row["b_at"] for row in rows],
+        "b_errors": [row["b_error"] for row in rows],
+        "b_checkpoints": [row["b_checkpoint"] for row in rows],
+    }
+    await session.exec(RECORD_POLLS if saw_run else RECORD_POLL_ERRORS, params=arrays)
 
 
 @dataclass(slots=True)
@@ -321,10 +405,8 @@ async def record_polls(
     ]
     seen = [p for p in params if p["b_error"] is None]
     failed = [p for p in params if p["b_error"] is not None]
-    if seen:
-        await session.exec(RECORD_POLL, params=seen)
-    if failed:
-        await session.exec(RECORD_POLL_ERROR, params=failed)
+    await write_polls(session, seen, saw_run=True)
+    await write_polls(session, failed, saw_run=False)
     for result in batch:
         if result.error is not None:
             await append_event(
