@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,14 +12,15 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter,
     DateTime,
     String,
+    TextClause,
     Update,
     bindparam,
     column,
     func,
     or_,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
@@ -46,33 +48,6 @@ FLUSH_AT = 500
 RECORD_TIMEOUT_S = 30.0
 
 runs_table = Run.__table__  # type: ignore[attr-defined]
-
-
-def poll_writer(*, saw_run: bool) -> Update:
-    """One statement for every poll result of a batch, sent as an executemany."""
-    values: dict[str, BindParameter[Any]] = {
-        "last_polled_at": bindparam("b_at"),
-        "updated_at": bindparam("b_at"),
-        "last_error": bindparam("b_error"),
-    }
-    # A poll that failed saw no checkpoint: the last one seen stays.
-    if saw_run:
-        values["last_checkpoint"] = bindparam("b_checkpoint")
-    statement: Update = (
-        runs_table.update()
-        .where(
-            runs_table.c.run_id == bindparam("b_run_id"),
-            runs_table.c.status == RunStatus.monitoring.value,
-            # Polls of one run overlap when Tinker is slower than the interval:
-            # a poll that started before the stored one must not undo it.
-            or_(
-                runs_table.c.last_polled_at.is_(None),
-                runs_table.c.last_polled_at <= bindparam("b_at"),
-            ),
-        )
-        .values(**values)
-    )
-    return statement
 
 
 def batch_writer(*, saw_run: bool) -> Update:
@@ -121,10 +96,76 @@ def batch_writer(*, saw_run: bool) -> Update:
     return statement
 
 
-RECORD_POLL = poll_writer(saw_run=True)
-RECORD_POLL_ERROR = poll_writer(saw_run=False)
+def sqlite_batch_writer(*, saw_run: bool) -> TextClause:
+    """SQLite: every poll result of a batch in one statement, from a JSON array.
+
+    Row by row, the driver's thread gives the interpreter lock back and takes
+    it again around every row, and while the event loop is busy each taking
+    can wait a whole switch interval: one statement steps through the whole
+    batch at once. The values are encoded as the columns' own types encode
+    them, so what is stored is what a row-by-row write would store.
+    """
+    checkpoint = ", last_checkpoint = polls.checkpoint" if saw_run else ""
+    return text(
+        "UPDATE runs SET last_polled_at = polls.at, updated_at = polls.at, "
+        f"last_error = polls.error{checkpoint} "
+        "FROM (SELECT json_extract(value, '$[0]') AS run_id, "
+        "json_extract(value, '$[1]') AS at, "
+        "json_extract(value, '$[2]') AS error, "
+        "json_extract(value, '$[3]') AS checkpoint "
+        "FROM json_each(:polls)) AS polls "
+        "WHERE runs.run_id = polls.run_id AND runs.status = :monitoring "
+        # Polls of one run overlap when Tinker is slower than the interval:
+        # a poll that started before the stored one must not undo it.
+        "AND (runs.last_polled_at IS NULL OR runs.last_polled_at <= polls.at)"
+    ).bindparams(monitoring=RunStatus.monitoring.value)
+
+
 RECORD_POLLS = batch_writer(saw_run=True)
 RECORD_POLL_ERRORS = batch_writer(saw_run=False)
+SQLITE_RECORD_POLLS = sqlite_batch_writer(saw_run=True)
+SQLITE_RECORD_POLL_ERRORS = sqlite_batch_writer(saw_run=False)
+
+
+def newest_per_run(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: of two polls of a run in a batch, the later one.
+
+    A statement joined from a list applies one match per row, where a
+    row-by-row write would have applied both in turn; the later one wins.
+    """
+    newest: dict[str, dict[str, Any]] = {}
+    for row in params:
+        kept = newest.get(row["b_run_id"])
+        if kept is None or kept["b_at"] <= row["b_at"]:
+            newest[row["b_run_id"]] = row
+    return list(newest.values())
+
+
+def sqlite_encoded(session: AsyncSession, rows: list[dict[str, Any]]) -> str:
+    """The rows as one JSON array, each value encoded as its column stores it."""
+    dialect = session.get_bind().dialect
+    columns = runs_table.c
+
+    def encoder(column: Any) -> Any:
+        encode = column.type.dialect_impl(dialect).bind_processor(dialect)
+        return encode or (lambda value: value)
+
+    at, error, checkpoint = (
+        encoder(columns.last_polled_at),
+        encoder(columns.last_error),
+        encoder(columns.last_checkpoint),
+    )
+    return json.dumps(
+        [
+            [
+                row["b_run_id"],
+                at(row["b_at"]),
+                error(row["b_error"]),
+                checkpoint(row["b_checkpoint"]),
+            ]
+            for row in rows
+        ]
+    )
 
 
 async def write_polls(
@@ -133,17 +174,12 @@ async def write_polls(
     """Store the outcome of polls that saw their run (or failed to)."""
     if not params:
         return
+    rows = newest_per_run(params)
     if not is_postgres(session):
-        await session.exec(RECORD_POLL if saw_run else RECORD_POLL_ERROR, params=params)
+        statement = SQLITE_RECORD_POLLS if saw_run else SQLITE_RECORD_POLL_ERRORS
+        connection = await session.connection()
+        await connection.execute(statement, {"polls": sqlite_encoded(session, rows)})
         return
-    # One row per run: of two polls of a run in a batch, the later one wins,
-    # as it would row by row.
-    newest: dict[str, dict[str, Any]] = {}
-    for row in params:
-        kept = newest.get(row["b_run_id"])
-        if kept is None or kept["b_at"] <= row["b_at"]:
-            newest[row["b_run_id"]] = row
-    rows = list(newest.values())
     arrays = {
         "b_run_ids": [row["b_run_id"] for row in rows],
         "b_ats": [row["b_at"] for row in rows],
