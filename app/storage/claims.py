@@ -8,6 +8,7 @@ transaction is already exclusive.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,6 +17,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.storage.models import Policy, Recovery, RecoveryStatus, Run, RunStatus
+
+# Well below what either database takes as bound values in one statement.
+IDS_PER_STATEMENT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +57,22 @@ async def claim_due_polls(
         query = query.with_for_update(skip_locked=True, of=Run)
     rows = (await session.exec(query)).all()
     claimed: list[DuePoll] = []
-    schedule = []
+    # Runs of one policy are due again at the same moment: one statement for
+    # each interval, rather than one per run.
+    by_interval: dict[int, list[str]] = defaultdict(list)
     for run_id, due_at, interval_ms in rows:
         assert due_at is not None
-        following = now + timedelta(milliseconds=interval_ms)
-        schedule.append({"run_id": run_id, "next_poll_at": following})
+        by_interval[interval_ms].append(run_id)
         claimed.append(DuePoll(run_id, due_at))
-    if schedule:
-        await session.exec(update(Run), params=schedule)
+    for interval_ms, run_ids in by_interval.items():
+        following = now + timedelta(milliseconds=interval_ms)
+        for start in range(0, len(run_ids), IDS_PER_STATEMENT):
+            chunk = run_ids[start : start + IDS_PER_STATEMENT]
+            await session.exec(
+                update(Run)
+                .where(col(Run.run_id).in_(chunk))
+                .values(next_poll_at=following)
+            )
     return claimed
 
 
