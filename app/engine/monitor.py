@@ -114,7 +114,10 @@ def sqlite_batch_writer(*, saw_run: bool) -> TextClause:
         "json_extract(value, '$[2]') AS error, "
         "json_extract(value, '$[3]') AS checkpoint "
         "FROM json_each(:polls)) AS polls "
-        "WHERE runs.run_id = polls.run_id AND runs.status = :monitoring "
+        # The unary plus keeps the planner off the status index: through it,
+        # SQLite would visit every watched run and scan the whole array for
+        # each; without it, each row of the array finds its run by key.
+        "WHERE runs.run_id = polls.run_id AND +runs.status = :monitoring "
         # Polls of one run overlap when Tinker is slower than the interval:
         # a poll that started before the stored one must not undo it.
         "AND (runs.last_polled_at IS NULL OR runs.last_polled_at <= polls.at)"

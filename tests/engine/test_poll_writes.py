@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +165,41 @@ def test_a_batch_reads_the_table_at_most_about_once_after_it_grew() -> None:
         upgrade(url)
         read = asyncio.run(rows_read_by_a_batch(url))
     assert read <= 2 * GROWN_TO, read
+
+
+async def sqlite_steps_of_a_batch(url: str) -> int:
+    """Steps of SQLite's virtual machine to write one batch into a big table."""
+    engine = create_engine(url, pool_size=1)
+    sessions = session_factory(engine)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    try:
+        await add_runs(sessions, 0, GROWN_TO)
+        batch = [
+            seen(f"run-{index:05}", 10, 1)
+            for index in range(0, GROWN_TO, GROWN_TO // BATCH)
+        ]
+        async with transaction(sessions) as session:
+            raw = await (await session.connection()).get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.set_progress_handler(count, 1000)
+            await record_polls(session, batch)
+            await driver.set_progress_handler(None, 1000)
+    finally:
+        await engine.dispose()
+    return steps * 1000
+
+
+def test_a_batch_on_sqlite_finds_each_run_by_its_key(tmp_path: Path) -> None:
+    # Through the status index, SQLite would visit every watched run and scan
+    # the whole batch for each: 200 x 20,000 rows. By key it is 200 lookups.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'polls.db'}"
+    upgrade(url)
+    steps = asyncio.run(sqlite_steps_of_a_batch(url))
+    assert steps <= 100 * GROWN_TO, steps
