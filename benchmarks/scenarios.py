@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -164,10 +165,9 @@ async def _lag(bench: Bench, service: Child) -> dict[str, Any]:
         await send(fake, "DELETE", "/_fake/calls")
         window = await _watch(api, fake, service, corrupted, p)
         await _wait_started(api, len(corrupted), p.dispatch_wait_s)
-        schedule = await _schedules(api)
         calls = await send(fake, "GET", "/_fake/calls?endpoint=get_training_run")
         events = await read_events(api, ["detected", "started"])
-    lateness = _lateness(calls, schedule, set(corrupted), window, p.lag_interval_ms)
+    lateness = _lateness(calls, set(corrupted), window, p.lag_interval_ms)
     hist = window.pop("histogram")
     return {
         "lag": {
@@ -248,42 +248,30 @@ async def _wait_started(api: aiohttp.ClientSession, count: int, limit_s: float) 
                 await asyncio.sleep(0.5)
 
 
-async def _schedules(api: aiohttp.ClientSession) -> dict[str, float]:
-    """When each watched run is next due, by run id."""
-    due: dict[str, float] = {}
-    offset = 0
-    while True:
-        query = f"/runs?status=monitoring&limit=1000&offset={offset}"
-        page = await send(api, "GET", query)
-        for run in page["items"]:
-            if run["next_poll_at"] is not None:
-                due[run["run_id"]] = parse_time(run["next_poll_at"])
-        if len(page["items"]) < 1000:
-            return due
-        offset += 1000
-
-
 def _lateness(
     calls: list[dict[str, Any]],
-    schedule: dict[str, float],
     skip: set[str],
     window: dict[str, Any],
     interval_ms: int,
 ) -> list[float]:
-    """How late each poll in the window reached Tinker against its run's schedule.
+    """How late each poll in the window reached Tinker, from the fake's log.
 
-    A run's schedule only moves by whole intervals, so the phase of its
-    current due time gives every due time of the window.
+    A claim schedules a run's next poll one interval after itself, so each
+    poll is due one interval after the one before it reached Tinker (less
+    the few milliseconds between a claim and its request). A run's first
+    logged call has nothing before it and is not counted.
     """
     interval = interval_ms / 1000
-    found = []
+    by_run: dict[str, list[float]] = {}
     for call in calls:
-        run_id = call["run_id"]
-        if run_id in skip or run_id not in schedule:
-            continue
-        at = parse_time(call["time"])
-        if window["start"] <= at <= window["end"]:
-            found.append((at - schedule[run_id]) % interval)
+        if call["run_id"] not in skip:
+            by_run.setdefault(call["run_id"], []).append(parse_time(call["time"]))
+    found = []
+    for times in by_run.values():
+        times.sort()
+        for before, at in itertools.pairwise(times):
+            if window["start"] <= at <= window["end"]:
+                found.append(max(at - before - interval, 0.0))
     return found
 
 
