@@ -20,7 +20,10 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 def session(base_url: str, limit: int = 64) -> aiohttp.ClientSession:
     """A client session on one loopback server, with the fake's API key."""
-    connector = aiohttp.TCPConnector(limit=limit)
+    # Both servers close a connection idle for 5 s (uvicorn's default); one
+    # taken up again just as it closes answers with a reset. Idle ones are
+    # dropped here first.
+    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=2)
     timeout = aiohttp.ClientTimeout(total=120)
     headers = {"X-Api-Key": API_KEY}
     return aiohttp.ClientSession(
