@@ -51,10 +51,10 @@ def _lag_row(lag: dict[str, Any]) -> tuple[str, str, str]:
         f"poll lateness, {lag['watched_runs']:,} runs every "
         f"{lag['interval_ms'] / 1000:g} s, {lag['window_s']:.0f} s "
         f"({lag['polls']:,} polls)",
-        f"histogram p50 {lag['histogram_p50_s'] * 1000:,.0f} ms, p99 "
-        f"{lag['histogram_p99_s'] * 1000:,.0f} ms (call log p50 "
-        f"{lag['lateness_p50_s'] * 1000:,.0f} ms, p99 "
-        f"{lag['lateness_p99_s'] * 1000:,.0f} ms); CPU "
+        f"p50 {lag['lateness_p50_s'] * 1000:,.0f} ms, p99 "
+        f"{lag['lateness_p99_s'] * 1000:,.0f} ms (the service's histogram, "
+        f"interpolated in its buckets: p50 {lag['histogram_p50_s'] * 1000:,.0f} ms, "
+        f"p99 {lag['histogram_p99_s'] * 1000:,.0f} ms); CPU "
         f"{lag['service_cpu_percent']:.0f}%; "
         + _per_write(lag)
         + f"registered {lag.get('registrations_per_s', math.nan):.0f}/s",
