@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlmodel import select
@@ -669,5 +670,6 @@ async def open_attempt(
         data={"restart_mode": policy.restart_mode},
     )
     log = {"recovery_id": recovery.id, "attempt": number}
-    logger.info("recovery.attempt_started", extra=log)
+    # Said once it is true: a process killed before the commit began nothing.
+    on_commit(session, partial(logger.info, "recovery.attempt_started", extra=log))
     return number

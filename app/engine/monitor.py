@@ -496,6 +496,7 @@ async def detect(
         # Another replica queued one first; the database keeps only one.
         await session.refresh(run)
         return
-    logger.info("monitor.corruption_detected", extra={"run_id": run.run_id})
+    log = {"run_id": run.run_id}
+    on_commit(session, partial(logger.info, "monitor.corruption_detected", extra=log))
     if handoffs is not None:
         await handoffs.claim(session, recovery, policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,6 +88,31 @@ async def test_a_free_worker_has_the_attempt_opened_in_the_detecting_commit(
     assert recovery.attempt_count == 1
     assert events == ["detected", "started"]
     assert pool.reserved == 1, "the slot stays promised until the pool adopts it"
+
+
+class RolledBack(Exception):
+    pass
+
+
+async def test_a_detection_is_logged_only_once_it_has_committed(
+    sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A process killed between the log line and the commit would otherwise
+    # have said that it began an attempt which never existed.
+    caplog.set_level(logging.INFO)
+    said = ("monitor.corruption_detected", "recovery.attempt_started")
+    await watched(sessions, RUN)
+    with pytest.raises(RolledBack):
+        async with transaction(sessions) as session:
+            await record_polls(session, [corrupted(RUN)], Handoffs(pool_of(1)))
+            assert not [r for r in caplog.records if r.getMessage() in said]
+            raise RolledBack
+    assert not [r for r in caplog.records if r.getMessage() in said]
+
+    async with transaction(sessions) as session:
+        await record_polls(session, [corrupted(RUN)], Handoffs(pool_of(1)))
+    messages = [r.getMessage() for r in caplog.records if r.getMessage() in said]
+    assert messages == list(said)
 
 
 async def test_without_a_free_worker_the_recovery_is_queued(
