@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -100,7 +103,7 @@ def _per_write(lag: dict[str, Any]) -> str:
 def _ms_pair(p50: float | None, p99: float | None) -> str:
     if p50 is None or p99 is None:
         return "not measured"
-    return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+    return f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -111,6 +114,11 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"| {kind} | {figure} | {measured} | {target} |")
     m = report["machine"]
     lines.append("")
+    if report.get("profile") == "smoke":
+        lines.append(
+            "Smoke profile: sizes too small to be held to the targets, which are "
+            "for the full run."
+        )
     lines.append(
         f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; load average "
         f"{_loads(m['load_average_start'])} at the start, "
@@ -125,12 +133,22 @@ def _loads(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table of a results file: `python -m benchmarks.report FILE`."""
-    import json
-    import sys
-    from pathlib import Path
-
-    path = Path((argv or sys.argv[1:])[0])
-    print(table(json.loads(path.read_text())))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Print the table of a file written by `benchmarks.run --out`.",
+    )
+    parser.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.file.read_text())
+    except OSError as error:
+        parser.error(f"cannot read {args.file}: {error.strerror}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        parser.error(f"{args.file} is not JSON")
+    try:
+        print(table(report))
+    except (KeyError, TypeError, AttributeError):
+        parser.error(f"{args.file} is not a results file of benchmarks.run")
 
 
 if __name__ == "__main__":

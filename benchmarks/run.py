@@ -90,11 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     if not parts or any(part not in PARTS for part in parts):
-        parser.error(f"--parts takes some of: {', '.join(PARTS)}")
+        parser.error(f"--parts {args.parts!r}: takes some of {', '.join(PARTS)}")
     profile = SMOKE if args.smoke else FULL
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     if "postgres" in kinds and not postgres_available():
         parser.error("PostgreSQL is not reachable (RECOVERY_TEST_POSTGRES_URL)")
+
+    # A place that cannot be written is found now, not after the run.
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {args.out}: cannot write there ({error})")
+    if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
+        parser.error(f"--out {args.out}: cannot write there")
 
     def log(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
@@ -116,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
                 _keep_logs(Path(folder), args.out.parent / "logs")
         # Written after each database, so that a run cut short keeps its figures.
         report["machine"]["load_average_end"] = list(os.getloadavg())
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"written to {args.out}")
