@@ -248,6 +248,16 @@ async def _wait_started(api: aiohttp.ClientSession, count: int, limit_s: float) 
                 await asyncio.sleep(0.5)
 
 
+def _polls_by_run(calls: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The times the fake logged each run's calls, oldest first."""
+    polls: dict[str, list[float]] = {}
+    for call in calls:
+        polls.setdefault(call["run_id"], []).append(parse_time(call["time"]))
+    for times in polls.values():
+        times.sort()
+    return polls
+
+
 def _lateness(
     calls: list[dict[str, Any]],
     skip: set[str],
@@ -262,13 +272,10 @@ def _lateness(
     logged call has nothing before it and is not counted.
     """
     interval = interval_ms / 1000
-    by_run: dict[str, list[float]] = {}
-    for call in calls:
-        if call["run_id"] not in skip:
-            by_run.setdefault(call["run_id"], []).append(parse_time(call["time"]))
     found = []
-    for times in by_run.values():
-        times.sort()
+    for run_id, times in _polls_by_run(calls).items():
+        if run_id in skip:
+            continue
         for before, at in itertools.pairwise(times):
             if window["start"] <= at <= window["end"]:
                 found.append(max(at - before - interval, 0.0))
@@ -279,9 +286,7 @@ def _dispatch(
     calls: list[dict[str, Any]], events: list[dict[str, Any]], corrupted: list[str]
 ) -> dict[str, Any]:
     """From the poll that saw the corruption to the `started` event, per run."""
-    polls: dict[str, list[float]] = {}
-    for call in calls:
-        polls.setdefault(call["run_id"], []).append(parse_time(call["time"]))
+    polls = _polls_by_run(calls)
     detected: dict[str, float] = {}
     started: dict[str, float] = {}
     for event in events:

@@ -127,6 +127,11 @@ GROWN_TO = 20_000
 BATCH = 200
 
 
+def spread_batch() -> list[PollResult]:
+    """BATCH polls of runs spread over the whole grown table."""
+    return [seen(f"run-{i:05}", 10, 1) for i in range(0, GROWN_TO, GROWN_TO // BATCH)]
+
+
 async def rows_read_by_a_batch(url: str) -> int:
     """Rows of `runs` read to write one batch, after the table grew under a
     connection that had written batches while it was small."""
@@ -140,10 +145,7 @@ async def rows_read_by_a_batch(url: str) -> int:
                 polls = [seen("run-00000", round, 1), seen("run-00001", round, 1)]
                 await record_polls(session, polls)
         await add_runs(sessions, 2, GROWN_TO)
-        batch = [
-            seen(f"run-{index:05}", 10, 1)
-            for index in range(0, GROWN_TO, GROWN_TO // BATCH)
-        ]
+        batch = spread_batch()
         async with transaction(sessions) as session:
             await record_polls(session, batch)
             counters = text(
@@ -180,10 +182,7 @@ async def sqlite_steps_of_a_batch(url: str) -> int:
 
     try:
         await add_runs(sessions, 0, GROWN_TO)
-        batch = [
-            seen(f"run-{index:05}", 10, 1)
-            for index in range(0, GROWN_TO, GROWN_TO // BATCH)
-        ]
+        batch = spread_batch()
         async with transaction(sessions) as session:
             raw = await (await session.connection()).get_raw_connection()
             driver = raw.driver_connection
